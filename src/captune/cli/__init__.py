@@ -1,0 +1,87 @@
+"""The `captune` command: a thin typer app; each stage's commands live in a module beside this one.
+
+Every command runs through `main()`, which turns errors into one line and a documented exit code
+(0 ok, 1 user error, 2 internal error, 130 interrupted) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from captune import __version__
+from captune.errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
+
+app = typer.Typer(
+    name="captune",
+    help="LoRA-adapt frozen BLIP-2 captioners to a domain, evaluate a baseline grid, and report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"captune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """captune: train, evaluate and report LoRA-adapted BLIP-2 captioners."""
+
+
+# Command modules register themselves on `app` when imported (one module per pipeline stage).
+from captune.cli import model_commands  # noqa: E402,F401  (registration)
+
+
+def _error_line(message: str) -> str:
+    first = " ".join(str(message).strip().splitlines()) or "unknown error"
+    return f"captune: error: {first}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and map exceptions to one-line messages and exit codes."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        app(args=args, prog_name="captune", standalone_mode=False)
+    except UserError as exc:
+        typer.echo(_error_line(str(exc)), err=True)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        typer.echo("captune: interrupted; finished work is on disk and `--resume` continues it.", err=True)
+        return EXIT_INTERRUPTED
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.Abort:
+        typer.echo("captune: aborted.", err=True)
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USER_ERROR
+    except Exception as exc:  # click usage errors are user errors; anything else is our bug
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return EXIT_USER_ERROR
+        if os.environ.get("CAPTUNE_DEBUG"):
+            raise
+        typer.echo(
+            _error_line(f"internal error ({type(exc).__name__}: {exc}). This is a bug in captune: "
+                        "rerun with CAPTUNE_DEBUG=1 for the traceback and report it."),
+            err=True,
+        )
+        return EXIT_INTERNAL_ERROR
+    return 0
+
+
+def run() -> None:
+    """Console-script wrapper."""
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""Model commands: tiny-model, inspect, export."""
+
+from __future__ import annotations

@@ -1,0 +1,407 @@
+"""One typed config per run: sections model, lora, data, train, generate, eval.
+
+Plain dataclasses with a small validator (instead of pydantic) so that errors name the key's full
+path and the nearest valid name, and the resolved config round-trips through YAML unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from captune.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Which BLIP-2 to load and how. `name_or_path`: a hub id, a local directory, or `tiny-opt`/`tiny-t5`."""
+
+    name_or_path: str = "Salesforce/blip2-opt-2.7b"
+    revision: str | None = None
+    family: Literal["auto", "opt", "t5"] = "auto"
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    trust_remote_code: bool = False
+    local_files_only: bool = False
+
+
+@dataclass
+class LoraConfig:
+    """Where LoRA goes and its shape (peft defaults where the recipe is silent)."""
+
+    preset: Literal["qformer", "lm", "qformer+lm", "qformer+lm-wide", "custom"] = "qformer+lm"
+    target_regex: str | None = None
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    use_dora: bool = False
+    bias: Literal["none", "all", "lora_only"] = "none"
+    adapt_vision: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Where the captions and images are, which format, which splits."""
+
+    path: str = "../shared/data/flickr8k"
+    format: Literal["auto", "flickr8k", "karpathy", "coco", "jsonl", "csv", "imagefolder"] = "auto"
+    image_root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    eval_split: str = "eval"
+    restval_to_train: bool = False
+    max_images: int | None = None
+    subset_seed: int = 0
+    on_bad_image: Literal["skip", "error"] = "skip"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation. Defaults follow LAVIS's BLIP-2 caption fine-tune and the PEFT BLIP-2 example."""
+
+    epochs: float = 5.0
+    max_steps: int | None = None
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = 1.0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 42
+    prompt: str = "a photo of"
+    captions_per_image: Literal["all", "one"] = "all"
+    max_caption_tokens: int = 40
+    feature_cache: Literal["auto", "memory", "disk", "off"] = "auto"
+    gradient_checkpointing: bool = False
+    augment: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    validate_every: int = 0
+    early_stopping_patience: int = 0
+    max_bad_steps: int = 10
+    num_workers: int = 0
+    log_every: int = 10
+    tensorboard: bool = True
+
+
+@dataclass
+class GenerateConfig:
+    """Default decoding settings for `captune caption` and for systems that do not override them."""
+
+    prompt: str = ""
+    max_new_tokens: int = 30
+    min_new_tokens: int = 0
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    do_sample: bool = False
+    top_p: float = 1.0
+    top_k: int = 0
+    temperature: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    num_return_sequences: int = 1
+    batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class SystemConfig:
+    """One row of the evaluation grid: a name, base or adapted, and its decoding overrides."""
+
+    name: str = ""
+    adapter: bool = False
+    prompt: str | None = None
+    max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
+    num_beams: int | None = None
+    length_penalty: float | None = None
+    do_sample: bool | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    temperature: float | None = None
+    repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    samples: int = 1
+
+
+@dataclass
+class EvalConfig:
+    """The baseline grid and how it is scored."""
+
+    systems: list[SystemConfig] | None = None
+    reference_system: str = "zero-shot-greedy"
+    metrics: list[str] = field(default_factory=lambda: ["coco", "rouge", "nltk", "diversity"])
+    bootstrap_samples: int = 1000
+    bootstrap_seed: int = 0
+    human_baseline: bool = True
+    spice: bool = False
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; written out resolved as `config.yaml` in the run directory."""
+
+    name: str = "run"
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        (inner,) = get_args(tp) or (Any,)
+        return f"list of {_type_name(inner)}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp`; allow int→float; return the typed value."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in get_args(tp):
+            try:
+                return _coerce(value, option, path)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"config key '{path}': expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"config key '{path}': expected null, got {value!r}")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value in allowed:
+            return value
+        near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(
+            f"config key '{path}': {value!r} is not one of {', '.join(repr(a) for a in allowed)}{hint}"
+        )
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{path}': expected {_type_name(tp)}, got {value!r}")
+        (inner,) = get_args(tp)
+        return [_coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{path}': expected a mapping of settings, got {value!r}")
+        return _build(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any:
+        return value
+    raise ConfigError(f"config key '{path}': expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix + '.' if prefix else ''}{near[0]}'?" if near else ""
+            valid = ", ".join(names)
+            raise ConfigError(f"unknown config key '{path}'{hint} (valid keys here: {valid})")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+_POSITIVE = {
+    "train.batch_size", "train.grad_accum", "train.lr", "train.max_caption_tokens", "train.checkpoint_every",
+    "train.log_every", "train.max_bad_steps", "generate.max_new_tokens", "generate.num_beams",
+    "generate.batch_size", "generate.num_return_sequences", "lora.r", "lora.alpha", "eval.bootstrap_samples",
+}
+_NON_NEGATIVE = {
+    "train.epochs", "train.weight_decay", "train.warmup_steps", "train.max_grad_norm", "train.validate_every",
+    "train.early_stopping_patience", "train.num_workers", "train.keep_checkpoints", "generate.min_new_tokens",
+    "generate.top_k", "generate.no_repeat_ngram_size", "generate.temperature", "generate.repetition_penalty",
+}
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    def get(path: str) -> Any:
+        section, key = path.split(".")
+        return getattr(getattr(cfg, section), key)
+
+    for path in _POSITIVE:
+        v = get(path)
+        if v is not None and v <= 0:
+            raise ConfigError(f"config key '{path}': must be > 0, got {v!r}")
+    for path in _NON_NEGATIVE:
+        v = get(path)
+        if v is not None and v < 0:
+            raise ConfigError(f"config key '{path}': must be >= 0, got {v!r}")
+    if cfg.train.lr > 1.0:
+        raise ConfigError(f"config key 'train.lr': {cfg.train.lr} is absurd for AdamW; use e.g. 1e-4")
+    if cfg.train.max_steps is not None and cfg.train.max_steps <= 0:
+        raise ConfigError(f"config key 'train.max_steps': must be > 0 or null, got {cfg.train.max_steps}")
+    if not 0.0 <= cfg.lora.dropout < 1.0:
+        raise ConfigError(f"config key 'lora.dropout': must be in [0, 1), got {cfg.lora.dropout}")
+    if not 0.0 < cfg.generate.top_p <= 1.0:
+        raise ConfigError(f"config key 'generate.top_p': must be in (0, 1], got {cfg.generate.top_p}")
+    if cfg.data.max_images is not None and cfg.data.max_images <= 0:
+        raise ConfigError(f"config key 'data.max_images': must be > 0 or null, got {cfg.data.max_images}")
+    if cfg.lora.preset == "custom" and not cfg.lora.target_regex:
+        raise ConfigError("config key 'lora.target_regex': required when lora.preset is 'custom'")
+    if cfg.model.family == "t5" and cfg.model.dtype == "fp16":
+        raise ConfigError("config key 'model.dtype': fp16 overflows in T5 (NaN losses); use bf16 or fp32")
+    if cfg.eval.systems is not None:
+        seen = set()
+        for i, system in enumerate(cfg.eval.systems):
+            if not system.name:
+                raise ConfigError(f"config key 'eval.systems[{i}].name': every system needs a name")
+            if system.name in seen:
+                raise ConfigError(f"config key 'eval.systems[{i}].name': duplicate system name {system.name!r}")
+            seen.add(system.name)
+
+
+def config_from_dict(data: dict[str, Any] | None) -> RunConfig:
+    """Build and validate a RunConfig; raise ConfigError naming the key on any problem."""
+    cfg = _build(RunConfig, data or {})
+    _check_ranges(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `section.key=value` (value read as YAML, so `1e-4`, `true`, `null`, `[a, b]` work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML 1.1 reads '1e-4' as a string; numbers users type should be numbers.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _yaml_numbers(obj: Any) -> Any:
+    """YAML 1.1 reads `1e-4` (no dot) as a string; turn such strings back into numbers."""
+    if isinstance(obj, dict):
+        return {k: _yaml_numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_yaml_numbers(v) for v in obj]
+    if isinstance(obj, str):
+        s = obj.strip()
+        if s and (s[0].isdigit() or s[0] in "+-.") and ("e" in s.lower()):
+            try:
+                return float(s)
+            except ValueError:
+                return obj
+    return obj
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: config file not found; check the path (see configs/ for examples)")
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory; pass a YAML config file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text; save the config as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{p}: malformed YAML{where}: {problem}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections (model, lora, data, ...)")
+    return _yaml_numbers(data)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read YAML (optional), apply `--set` overrides, validate. Errors name the file and key."""
+    data = read_yaml(path) if path is not None else {}
+    apply_overrides(data, overrides or [])
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}") from None
+        raise
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: RunConfig, path: str | os.PathLike[str]) -> None:
+    """Write the resolved config (every default spelled out) atomically."""
+    from captune.io import atomic_write_text
+
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
+    atomic_write_text(path, text)
