@@ -42,3 +42,12 @@ def flickr8k_dir(shared_dir: Path) -> Path:
     if not (path / "Flickr8k_text" / "Flickr8k.token.txt").is_file():
         pytest.skip(f"Flickr8K not found under {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny OPT and T5 BLIP-2 models saved once per session in Hugging Face layout."""
+    from captune.model.tiny import TinySpec, save_tiny
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {family: save_tiny(root / family, TinySpec(family=family)) for family in ("opt", "t5")}

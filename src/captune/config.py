@@ -6,6 +6,7 @@ path and the nearest valid name, and the resolved config round-trips through YAM
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -61,6 +62,7 @@ class DataConfig:
     max_images: int | None = None
     subset_seed: int = 0
     on_bad_image: Literal["skip", "error"] = "skip"
+    verify_images: bool = False  # decode every image at load time (slower; catches truncated files early)
 
 
 @dataclass
@@ -188,12 +190,16 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Check `value` against the annotation `tp`; allow int→float; return the typed value."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
-        errors = []
-        for option in get_args(tp):
+        options = [o for o in get_args(tp) if o is not type(None)]
+        if value is None and len(options) < len(get_args(tp)):
+            return None
+        if len(options) == 1:  # Optional[X]: X's own error is the most specific one
+            return _coerce(value, options[0], path)
+        for option in options:
             try:
                 return _coerce(value, option, path)
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                continue
         raise ConfigError(f"config key '{path}': expected {_type_name(tp)}, got {value!r}")
     if tp is type(None):
         if value is None:
@@ -321,10 +327,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = raw
     # YAML 1.1 reads '1e-4' as a string; numbers users type should be numbers.
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            pass
     return key.split("."), value
 
 

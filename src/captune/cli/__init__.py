@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
 
@@ -39,7 +40,7 @@ def _root(
 
 
 # Command modules register themselves on `app` when imported (one module per pipeline stage).
-from captune.cli import model_commands  # noqa: E402,F401  (registration)
+from captune.cli import data_commands, model_commands
 
 
 def _error_line(message: str) -> str:
@@ -50,6 +51,9 @@ def _error_line(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map exceptions to one-line messages and exit codes."""
     args = sys.argv[1:] if argv is None else argv
+    # Library deprecation chatter (peft/transformers) is not for users of a CLI.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         app(args=args, prog_name="captune", standalone_mode=False)
     except UserError as exc:

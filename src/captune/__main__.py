@@ -1,0 +1,5 @@
+"""`python -m captune` runs the CLI."""
+
+from captune.cli import run
+
+run()

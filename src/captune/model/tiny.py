@@ -1,0 +1,202 @@
+"""Tiny BLIP-2 models built entirely in code: real `Blip2ForConditionalGeneration` instances, so every
+code path that runs on them is the path that runs on the real 3.7 B model.
+
+Facts this module encodes (each silently breaks a random tiny model otherwise):
+- `Blip2Processor` needs `num_query_tokens`, or it inserts no `<image>` tokens and the image is ignored;
+- `image_token_index` must be set, or forward and generate crash;
+- `Blip2VisionConfig.initializer_range` defaults to 1e-10 and `query_tokens` start at zero: both get
+  real values here;
+- a tied OPT embedding at std 0.02 gives near-uniform logits: frozen embeddings are scaled like a
+  trained LM's so that the distributions can be peaked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import (
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2Processor,
+    OPTConfig,
+    PreTrainedTokenizerBase,
+    T5Config,
+)
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+from captune.model.tokenizers import (
+    opt_tokenizer_from_dir,
+    t5_tokenizer_from_dir,
+    train_opt_tokenizer,
+    train_t5_tokenizer,
+)
+
+Family = Literal["opt", "t5"]
+
+
+@dataclass
+class TinySpec:
+    """Sizes of a tiny BLIP-2. Defaults keep a forward pass in milliseconds on one CPU thread."""
+
+    family: Family = "opt"
+    image_size: int = 32
+    patch_size: int = 8
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    qformer_hidden: int = 64
+    qformer_layers: int = 2
+    qformer_heads: int = 4
+    cross_attention_frequency: int = 1
+    num_query_tokens: int = 8
+    lm_hidden: int = 64
+    lm_layers: int = 2
+    lm_heads: int = 4
+    lm_ffn: int = 128
+    vocab_size: int = 512
+    embed_std: float = 0.5
+    max_positions: int = 128
+    dropout: float = 0.0
+    seed: int = 0
+    tokenizer_dir: str | None = None
+
+
+def build_tokenizer(spec: TinySpec, texts: Iterable[str] | None = None) -> PreTrainedTokenizerBase:
+    """The real vocabulary when `tokenizer_dir` is given, else one trained on `texts` + a built-in corpus."""
+    if spec.tokenizer_dir:
+        if spec.family == "opt":
+            return opt_tokenizer_from_dir(spec.tokenizer_dir)
+        return t5_tokenizer_from_dir(spec.tokenizer_dir)
+    if spec.family == "opt":
+        return train_opt_tokenizer(texts, spec.vocab_size)
+    return train_t5_tokenizer(texts, spec.vocab_size)
+
+
+def build_processor(spec: TinySpec, tokenizer: PreTrainedTokenizerBase) -> Blip2Processor:
+    """BLIP-2's processor: CLIP-normalised square images, `<image>` × num_query_tokens before the text."""
+    image_processor = BlipImageProcessorPil(
+        size={"height": spec.image_size, "width": spec.image_size},
+        image_mean=OPENAI_CLIP_MEAN,
+        image_std=OPENAI_CLIP_STD,
+        do_convert_rgb=True,
+    )
+    return Blip2Processor(image_processor, tokenizer, num_query_tokens=spec.num_query_tokens)
+
+
+def build_config(spec: TinySpec, tokenizer: PreTrainedTokenizerBase) -> Blip2Config:
+    """A Blip2Config whose sub-configs match the tokenizer (vocabulary, special ids) and the spec."""
+    image_token_index = tokenizer.convert_tokens_to_ids("<image>")
+    # Vocabulary rounded up to a multiple of 64, like the released checkpoints.
+    vocab = (len(tokenizer) + 63) // 64 * 64
+    vision = {
+        "hidden_size": spec.vision_hidden,
+        "intermediate_size": spec.vision_hidden * 4,
+        "num_hidden_layers": spec.vision_layers,
+        "num_attention_heads": spec.vision_heads,
+        "image_size": spec.image_size,
+        "patch_size": spec.patch_size,
+        "initializer_range": 0.02,
+        "attention_dropout": spec.dropout,
+    }
+    qformer = {
+        "hidden_size": spec.qformer_hidden,
+        "num_hidden_layers": spec.qformer_layers,
+        "num_attention_heads": spec.qformer_heads,
+        "intermediate_size": spec.qformer_hidden * 4,
+        "cross_attention_frequency": spec.cross_attention_frequency,
+        "encoder_hidden_size": spec.vision_hidden,
+        "vocab_size": 512,
+        "max_position_embeddings": 64,
+        "hidden_dropout_prob": spec.dropout,
+        "attention_probs_dropout_prob": spec.dropout,
+    }
+    if spec.family == "opt":
+        text = OPTConfig(
+            vocab_size=vocab,
+            hidden_size=spec.lm_hidden,
+            word_embed_proj_dim=spec.lm_hidden,
+            num_hidden_layers=spec.lm_layers,
+            num_attention_heads=spec.lm_heads,
+            ffn_dim=spec.lm_ffn,
+            max_position_embeddings=spec.max_positions + spec.num_query_tokens,
+            do_layer_norm_before=True,
+            dropout=spec.dropout,
+            attention_dropout=spec.dropout,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=True,
+        )
+    else:
+        text = T5Config(
+            vocab_size=vocab,
+            d_model=spec.lm_hidden,
+            d_kv=spec.lm_hidden // spec.lm_heads,
+            d_ff=spec.lm_ffn,
+            num_layers=spec.lm_layers,
+            num_decoder_layers=spec.lm_layers,
+            num_heads=spec.lm_heads,
+            feed_forward_proj="gated-gelu",
+            dropout_rate=spec.dropout,
+            tie_word_embeddings=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+    return Blip2Config(
+        vision_config=vision,
+        qformer_config=qformer,
+        text_config=text.to_dict(),
+        num_query_tokens=spec.num_query_tokens,
+        image_token_index=image_token_index,
+    )
+
+
+def _init_like_trained(model: Blip2ForConditionalGeneration, spec: TinySpec) -> None:
+    """Give a random model the scales of a trained one (see module docstring)."""
+    generator = torch.Generator().manual_seed(spec.seed + 1)
+    with torch.no_grad():
+        model.query_tokens.copy_(torch.randn(model.query_tokens.shape, generator=generator) * 0.02)
+        embeddings = model.language_model.get_input_embeddings()
+        embeddings.weight.copy_(torch.randn(embeddings.weight.shape, generator=generator) * spec.embed_std)
+
+
+def build_tiny_blip2(
+    spec: TinySpec | None = None, texts: Iterable[str] | None = None
+) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
+    """Build a tiny, deterministic (by `spec.seed`) BLIP-2 and its processor, entirely offline."""
+    spec = spec or TinySpec()
+    tokenizer = build_tokenizer(spec, texts)
+    processor = build_processor(spec, tokenizer)
+    config = build_config(spec, processor.tokenizer)
+    torch.manual_seed(spec.seed)
+    model = Blip2ForConditionalGeneration(config)
+    _init_like_trained(model, spec)
+    model.eval()
+    return model, processor
+
+
+def save_tiny(
+    out_dir: str | Path,
+    spec: TinySpec | None = None,
+    texts: Iterable[str] | None = None,
+    model: Blip2ForConditionalGeneration | None = None,
+    processor: Blip2Processor | None = None,
+) -> Path:
+    """Save a tiny model in Hugging Face layout (safetensors) that `from_pretrained` loads."""
+    from captune.io import atomic_directory, atomic_write_json
+
+    if model is None or processor is None:
+        model, processor = build_tiny_blip2(spec, texts)
+    out = Path(out_dir)
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        if spec is not None:
+            atomic_write_json(tmp / "captune_tiny_spec.json", asdict(spec))
+    return out
