@@ -112,3 +112,10 @@ def test_non_mapping_top_level(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="mapping"):
         load_config(path)
+
+
+def test_yaml_off_is_the_word_not_false(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  feature_cache: off\n")
+    assert load_config(path).train.feature_cache == "off"
+    assert load_config(None, ["train.feature_cache=off"]).train.feature_cache == "off"

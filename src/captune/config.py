@@ -84,6 +84,7 @@ class TrainConfig:
     captions_per_image: Literal["all", "one"] = "all"
     max_caption_tokens: int = 40
     feature_cache: Literal["auto", "memory", "disk", "off"] = "auto"
+    feature_cache_dir: str = "~/.cache/captune/features"
     gradient_checkpointing: bool = False
     augment: bool = False
     checkpoint_every: int = 500
@@ -207,7 +208,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         raise ConfigError(f"config key '{path}': expected null, got {value!r}")
     if origin is Literal:
         allowed = get_args(tp)
-        if value in allowed:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare `off`/`on` as a boolean
+            value = {False: "off", True: "on"}[value] if ("off" in allowed or "on" in allowed) else value
+        if value in allowed and not isinstance(value, bool):
             return value
         near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""

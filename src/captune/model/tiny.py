@@ -7,7 +7,8 @@ Facts this module encodes (each silently breaks a random tiny model otherwise):
 - `Blip2VisionConfig.initializer_range` defaults to 1e-10 and `query_tokens` start at zero: both get
   real values here;
 - a tied OPT embedding at std 0.02 gives near-uniform logits: frozen embeddings are scaled like a
-  trained LM's so that the distributions can be peaked.
+  trained LM's so that the distributions can be peaked, and the image inputs to the LM (the
+  language projection's output) get the same scale, or the image is drowned out by the text.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def build_config(spec: TinySpec, tokenizer: PreTrainedTokenizerBase) -> Blip2Con
         "encoder_hidden_size": spec.vision_hidden,
         "vocab_size": 512,
         "max_position_embeddings": 64,
+        # A trained Q-Former passes the image through; at std 0.02 a random one averages it away.
+        "initializer_range": 0.1,
         "hidden_dropout_prob": spec.dropout,
         "attention_probs_dropout_prob": spec.dropout,
     }
@@ -164,6 +167,9 @@ def _init_like_trained(model: Blip2ForConditionalGeneration, spec: TinySpec) -> 
         model.query_tokens.copy_(torch.randn(model.query_tokens.shape, generator=generator) * 0.02)
         embeddings = model.language_model.get_input_embeddings()
         embeddings.weight.copy_(torch.randn(embeddings.weight.shape, generator=generator) * spec.embed_std)
+        # Image inputs on the same scale as token embeddings, as in a trained BLIP-2.
+        proj = model.language_projection.weight
+        proj.copy_(torch.randn(proj.shape, generator=generator) * spec.embed_std / proj.shape[1] ** 0.5)
 
 
 def build_tiny_blip2(

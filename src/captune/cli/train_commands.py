@@ -1,0 +1,33 @@
+"""`captune train CONFIG [--set k=v ...] [--resume]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from captune.cli import app
+from captune.config import load_config
+
+console = Console()
+
+
+@app.command("train")
+def train_command(
+    config: Path = typer.Argument(..., help="Run config (YAML)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.lr=1e-4 (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs still written)."),
+) -> None:
+    """Fine-tune LoRA adapters (frozen ViT and LM) and write the run directory."""
+    from captune.train.loop import train
+
+    cfg = load_config(config, set_)
+    result = train(cfg, resume=resume, progress=not no_progress)
+    if result.summary:
+        s = result.summary
+        console.print(
+            f"trained {s['steps']} steps ({s['samples']} samples, {s['bad_steps']} skipped) in "
+            f"{s['train_seconds']:.1f} s; final loss {s['final_loss']}; adapter: {cfg.run_dir / 'adapter'}"
+        )

@@ -1,0 +1,1 @@
+"""Generation stage: named decoding systems and a batched captioner that reads the feature store."""

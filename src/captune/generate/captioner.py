@@ -1,0 +1,113 @@
+"""Batched captioning from vision features: prompt never echoed, adapter switched on and off on one base.
+
+The LM is called with `inputs_embeds` only (image features + embedded BOS/prompt), so its output is
+the new tokens alone: the prompt cannot be echoed. OPT batches are left-padded when prompts differ in
+length, so batched decoding equals one-by-one decoding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+
+from captune.generate.systems import DecodeSettings
+from captune.model.features import encode_images, query_features, unwrap
+from captune.train.batches import CaptionCollator
+
+
+class Captioner:
+    """Captions from a (possibly peft-wrapped) BLIP-2; `adapter=False` runs the frozen base."""
+
+    def __init__(self, model: torch.nn.Module, processor, family: str) -> None:
+        self.model = model
+        self.processor = processor
+        self.family = family
+        self.blip = unwrap(model)
+        self.device = next(self.blip.parameters()).device
+        self.tokenizer = processor.tokenizer
+
+    def adapter_context(self, adapter: bool):
+        """peft's `disable_adapter()` for the base systems; a no-op when the adapter is wanted."""
+        if not adapter and hasattr(self.model, "disable_adapter"):
+            return self.model.disable_adapter()
+        if adapter and not hasattr(self.model, "disable_adapter"):
+            raise ValueError("an adapter system needs a model with a LoRA adapter loaded")
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def lm_inputs(self, image_embeds: torch.Tensor, adapter: bool) -> torch.Tensor:
+        """Q-Former + projection under the requested adapter state (once per adapter state, shared by systems)."""
+        with self.adapter_context(adapter):
+            return query_features(self.model, image_embeds.to(self.device))
+
+    def _prompt_rows(self, prompts: Sequence[str]) -> list[list[int]]:
+        rows = []
+        for prompt in prompts:
+            collator = CaptionCollator(self.tokenizer, self.family, 0, 0, prompt)
+            rows.append(collator.prompt_ids())
+        return rows
+
+    @torch.no_grad()
+    def generate_from_features(self, features: torch.Tensor, settings: DecodeSettings, adapter: bool,
+                               prompts: Sequence[str] | None = None, seed: int | None = None) -> list[list[str]]:
+        """Captions for a batch of LM image inputs; returns `num_return_sequences` strings per image."""
+        n = features.shape[0]
+        prompts = list(prompts) if prompts is not None else [settings.prompt] * n
+        rows = self._prompt_rows(prompts)
+        lm = self.blip.language_model
+        embed = lm.get_input_embeddings()
+        width = max(len(r) for r in rows)
+        pad_id = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=self.device)
+        text_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        text_embeds = embed(ids)
+        features = features.to(text_embeds.dtype)
+        q = features.shape[1]
+        if self.family == "opt":
+            # Left padding goes before the image tokens so that every row ends where generation starts.
+            pad_len = (text_mask == 0).sum(1)
+            embeds = torch.zeros(n, q + width, text_embeds.shape[-1], dtype=text_embeds.dtype, device=self.device)
+            mask = torch.zeros(n, q + width, dtype=torch.long, device=self.device)
+            for i in range(n):
+                p = int(pad_len[i])
+                embeds[i, p:p + q] = features[i]
+                embeds[i, p + q:] = text_embeds[i, p:]
+                mask[i, p:] = 1
+        else:
+            embeds = torch.cat([features, text_embeds], dim=1)
+            mask = torch.cat([torch.ones(n, q, dtype=torch.long, device=self.device), text_mask], dim=1)
+        if settings.do_sample:
+            torch.manual_seed(settings.seed if seed is None else seed)
+        kwargs = settings.generate_kwargs()
+        kwargs.update(pad_token_id=pad_id, eos_token_id=self.tokenizer.eos_token_id)
+        with self.adapter_context(adapter):
+            out = lm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        texts = [" ".join(t.split()) for t in texts]
+        k = settings.num_return_sequences
+        return [texts[i * k:(i + 1) * k] for i in range(n)]
+
+    @torch.no_grad()
+    def caption_embeds(self, image_embeds: torch.Tensor, settings: DecodeSettings, adapter: bool,
+                       batch_size: int = 32, seed: int | None = None) -> list[list[str]]:
+        out: list[list[str]] = []
+        for start in range(0, image_embeds.shape[0], batch_size):
+            feats = self.lm_inputs(image_embeds[start:start + batch_size], adapter)
+            batch_seed = None if seed is None else seed + start
+            out.extend(self.generate_from_features(feats, settings, adapter, seed=batch_seed))
+        return out
+
+    @torch.no_grad()
+    def caption_paths(self, paths: Sequence[str], settings: DecodeSettings, adapter: bool,
+                      batch_size: int = 32) -> list[list[str]]:
+        """Open, preprocess, encode and caption image files."""
+        from captune.model.features import pixel_values
+
+        out: list[list[str]] = []
+        for start in range(0, len(paths), batch_size):
+            pix = pixel_values(paths[start:start + batch_size], self.processor.image_processor)
+            embeds = encode_images(self.model, pix.to(self.device))
+            out.extend(self.caption_embeds(embeds, settings, adapter, batch_size, seed=settings.seed + start))
+        return out

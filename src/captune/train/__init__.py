@@ -1,0 +1,1 @@
+"""Training stage: batches with correct label masks, and the LoRA training loop."""

@@ -1,0 +1,101 @@
+"""Tokenise (prompt, caption) pairs into BLIP-2 training batches with the loss only where it belongs.
+
+Labels are -100 on `<image>` tokens, padding, BOS and prompt tokens; EOS is appended to every target
+so the model learns to stop. OPT: `[<image>]*Q + BOS + prompt + caption + EOS` in one sequence.
+Flan-T5: encoder gets `[<image>]*Q + prompt + </s>`, the decoder target is `caption + </s>`.
+(The PEFT BLIP-2 notebook passes `labels=input_ids`, training on padding and image tokens.)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+IGNORE = -100
+
+
+def target_caption(text: str) -> str:
+    """A reference as a training target: one line, lowercased, no trailing period (BLIP's pre_caption)."""
+    text = re.sub(r"\s+", " ", text.replace("\u00a0", " ")).strip().lower()
+    return re.sub(r"\s*[.]+$", "", text)
+
+
+@dataclass
+class TextBatch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    decoder_attention_mask: torch.Tensor | None = None
+
+    def to(self, device) -> TextBatch:
+        return TextBatch(*(t.to(device) if t is not None else None for t in (
+            self.input_ids, self.attention_mask, self.labels, self.decoder_attention_mask)))
+
+
+def _pad(rows: list[list[int]], value: int, side: Literal["left", "right"]) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = []
+    for r in rows:
+        fill = [value] * (width - len(r))
+        out.append(fill + r if side == "left" else r + fill)
+    return torch.tensor(out, dtype=torch.long)
+
+
+class CaptionCollator:
+    """Builds `TextBatch`es for one family; image tokens come from the model config, not the processor."""
+
+    def __init__(self, tokenizer, family: Literal["opt", "t5"], image_token_id: int, num_query_tokens: int,
+                 prompt: str = "", max_caption_tokens: int = 40,
+                 padding_side: Literal["left", "right"] = "right") -> None:
+        self.tok = tokenizer
+        self.family = family
+        self.image_ids = [image_token_id] * num_query_tokens
+        self.prompt = prompt.strip()
+        self.max_caption_tokens = max_caption_tokens
+        self.padding_side = padding_side
+        self.pad_id = tokenizer.pad_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self._prompt_ids = self._encode(self.prompt) if self.prompt else []
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self) -> list[int]:
+        """The inputs before the caption (without image tokens): what generation starts from."""
+        if self.family == "opt":
+            return [self.tok.bos_token_id, *self._prompt_ids]
+        return [*self._prompt_ids, self.eos_id]
+
+    def caption_ids(self, caption: str) -> list[int]:
+        text = target_caption(caption)
+        if self.family == "opt" and self.prompt:
+            # Tokenise prompt + caption together (as at inference); BPE keeps the prompt a prefix.
+            full = self._encode(f"{self.prompt} {text}")
+            n = len(self._prompt_ids)
+            ids = full[n:] if full[:n] == self._prompt_ids else self._encode(" " + text)
+        else:
+            ids = self._encode(text)
+        return [*ids[: self.max_caption_tokens], self.eos_id]
+
+    def __call__(self, captions: list[str]) -> TextBatch:
+        if self.family == "opt":
+            rows, labels = [], []
+            for caption in captions:
+                context = self.image_ids + self.prompt_ids()
+                target = self.caption_ids(caption)
+                rows.append(context + target)
+                labels.append([IGNORE] * len(context) + target)
+            ids = _pad(rows, self.pad_id, self.padding_side)
+            mask = _pad([[1] * len(r) for r in rows], 0, self.padding_side)
+            return TextBatch(ids, mask, _pad(labels, IGNORE, self.padding_side))
+        enc_rows = [self.image_ids + self.prompt_ids() for _ in captions]
+        targets = [self.caption_ids(c) for c in captions]
+        ids = _pad(enc_rows, self.pad_id, self.padding_side)
+        mask = _pad([[1] * len(r) for r in enc_rows], 0, self.padding_side)
+        # Decoder targets are right-padded: T5 shifts labels right to build decoder inputs.
+        labels = _pad(targets, IGNORE, "right")
+        dec_mask = _pad([[1] * len(t) for t in targets], 0, "right")
+        return TextBatch(ids, mask, labels, dec_mask)
