@@ -42,6 +42,17 @@ class Captioner:
         with self.adapter_context(adapter):
             return query_features(self.model, image_embeds.to(self.device))
 
+    def _never_generate(self) -> list[int]:
+        """Padding, `<image>`, a BOS distinct from EOS and ids past the tokenizer are never part of a caption."""
+        tok = self.tokenizer
+        ids = {tok.pad_token_id, self.blip.config.image_token_index}
+        if tok.bos_token_id is not None and tok.bos_token_id != tok.eos_token_id:
+            ids.add(tok.bos_token_id)
+        vocab = self.blip.language_model.config.vocab_size
+        ids.update(range(len(tok), vocab))  # rows padding the embedding to a multiple of 64: no token
+        ids.discard(tok.eos_token_id)
+        return sorted(i for i in ids if i is not None and i < vocab)
+
     def _prompt_rows(self, prompts: Sequence[str]) -> list[list[int]]:
         rows = []
         for prompt in prompts:
@@ -81,7 +92,8 @@ class Captioner:
         if settings.do_sample:
             torch.manual_seed(settings.seed if seed is None else seed)
         kwargs = settings.generate_kwargs()
-        kwargs.update(pad_token_id=pad_id, eos_token_id=self.tokenizer.eos_token_id)
+        kwargs.update(pad_token_id=pad_id, eos_token_id=self.tokenizer.eos_token_id,
+                      suppress_tokens=self._never_generate())
         with self.adapter_context(adapter):
             out = lm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)

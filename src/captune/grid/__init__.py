@@ -1,0 +1,1 @@
+"""Evaluation grid: systems × images → predictions/*.json → scores.json (resumable, encode once)."""

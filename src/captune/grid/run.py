@@ -1,0 +1,287 @@
+"""Run the baseline grid: every system captions the same eval images, each image encoded once.
+
+Vision features are computed once per image and reused by every system; Q-Former outputs once per
+adapter state (base, LoRA), shared by all systems in that state; base and LoRA systems share one
+loaded model with the adapter switched off and on. The scorer's JVM starts while captions are
+generated. Finished systems are read back from `predictions/`, so an interrupted grid resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from captune.config import RunConfig, dump_config
+from captune.errors import DataError, UserError
+from captune.faults import maybe_kill
+from captune.generate.systems import System, default_systems, system_from
+from captune.io import atomic_write_json, atomic_write_text
+
+PRED_DIR = "predictions"
+
+
+@dataclass
+class GridResult:
+    run_dir: Path
+    systems: list[str]
+    generated: list[str]
+    reused: list[str]
+    skipped_images: list[str]
+    scores: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_systems(cfg: RunConfig, with_adapter: bool) -> list[System]:
+    if cfg.eval.systems:
+        systems = [system_from(s, cfg.generate) for s in cfg.eval.systems]
+        if not with_adapter and any(s.adapter for s in systems):
+            names = ", ".join(s.name for s in systems if s.adapter)
+            raise UserError(f"systems {names} need an adapter; train first or pass --adapter DIR")
+        return systems
+    return default_systems(cfg.generate, with_adapter=with_adapter, train_prompt=cfg.train.prompt)
+
+
+def read_predictions(path: Path, image_ids: list[int]) -> dict[int, str] | None:
+    """A finished system's captions, or None if the file is absent, damaged or for other images."""
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        got = {int(r["image_id"]): str(r["caption"]) for r in rows}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return got if set(got) == set(image_ids) and len(rows) == len(image_ids) else None
+
+
+def write_predictions(path: Path, image_ids: list[int], captions: list[str]) -> None:
+    atomic_write_json(path, [{"image_id": i, "caption": c} for i, c in zip(image_ids, captions, strict=True)])
+
+
+def _sample_files(system: System) -> list[str]:
+    return [system.name] + [f"{system.name}.sample-{k}" for k in range(1, system.samples)]
+
+
+def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bool = True,
+             dataset=None, score: bool = True) -> GridResult:
+    """Caption the eval split with every system, write predictions and scores into the run directory."""
+    from captune.data import load_dataset_from_config
+    from captune.generate.captioner import Captioner
+    from captune.model.adapters import load_adapter
+    from captune.model.features import encode_images, image_file_key, pixel_values, store_for
+    from captune.model.load import load_blip2
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "config.yaml").exists():
+        dump_config(cfg, run_dir / "config.yaml")
+    adapter_path = Path(adapter_dir) if adapter_dir else run_dir / "adapter"
+    has_adapter = (adapter_path / "adapter_config.json").is_file()
+    if adapter_dir and not has_adapter:
+        raise UserError(f"{adapter_path}: no adapter_config.json; pass the run's adapter/ folder")
+    systems = resolve_systems(cfg, has_adapter)
+
+    # Same images for everyone: unreadable ones are reported and left out of every system.
+    dataset = dataset if dataset is not None else load_dataset_from_config(cfg.data)
+    records = dataset.select(cfg.data.eval_split)
+    if not records:
+        raise UserError(f"{cfg.data.path}: split {cfg.data.eval_split!r} has no images; check data.eval_split")
+    from captune.data import open_image
+
+    usable, skipped = [], []
+    for r in records:
+        try:
+            open_image(r.path)
+            usable.append(r)
+        except DataError as exc:
+            if cfg.data.on_bad_image == "error":
+                raise
+            skipped.append(str(exc))
+    records = usable
+    if not records:
+        raise UserError(f"{cfg.data.path}: no readable images in split {cfg.data.eval_split!r}")
+    image_ids = [r.image_id for r in records]
+    refs = {r.image_id: list(r.refs) for r in records}
+    timings["load_data"] = time.perf_counter() - t0
+
+    pred_dir = run_dir / PRED_DIR
+    todo = [s for s in systems if any(read_predictions(pred_dir / f"{n}.json", image_ids) is None
+                                      for n in _sample_files(s))]
+    reused = [s.name for s in systems if s not in todo]
+
+    scorer = None
+    if score:
+        from captune.metrics import Scorer
+
+        train_caps = None
+        if cfg.data.train_split:
+            try:
+                train_caps = [c for r in dataset.select(cfg.data.train_split) for c in r.refs]
+            except DataError:
+                train_caps = None
+        # Created now so that the JVM and reference tokenisation overlap with caption generation.
+        scorer = Scorer(refs, metrics=cfg.eval.metrics, bootstrap_samples=cfg.eval.bootstrap_samples,
+                        seed=cfg.eval.bootstrap_seed, spice=cfg.eval.spice or None, train_captions=train_caps)
+
+    try:
+        if todo:
+            t = time.perf_counter()
+            loaded = load_blip2(cfg.model)
+            model = loaded.model
+            if any(s.adapter for s in todo):
+                model = load_adapter(model, adapter_path)
+            model.eval()
+            timings["load_model"] = time.perf_counter() - t
+            captioner = Captioner(model, loaded.processor, loaded.family)
+            image_processor = loaded.processor.image_processor
+            dtype = next(captioner.blip.vision_model.parameters()).dtype
+            directory = None
+            if cfg.train.feature_cache == "disk":
+                directory = Path(cfg.train.feature_cache_dir).expanduser()
+            store = store_for(model, cfg.model.name_or_path, cfg.model.revision, image_processor, directory, dtype)
+            keys = [image_file_key(r.path) for r in records]
+            bs = cfg.generate.batch_size
+            t = time.perf_counter()
+            store.ensure(keys, lambda idx: encode_images(
+                model, pixel_values([records[i].path for i in idx], image_processor).to(captioner.device)), bs)
+            timings["encode_images"] = time.perf_counter() - t
+            # Q-Former outputs once per adapter state, shared by every system in that state.
+            t = time.perf_counter()
+            lm_inputs: dict[bool, torch.Tensor] = {}
+            for state in sorted({s.adapter for s in todo}):
+                parts = [captioner.lm_inputs(store.get(keys[i:i + bs]), state) for i in range(0, len(keys), bs)]
+                lm_inputs[state] = torch.cat(parts)
+            timings["qformer"] = time.perf_counter() - t
+            bar = _Bar(progress, sum(len(records) * s.samples for s in todo))
+            try:
+                for n, system in enumerate(todo, start=1):
+                    t = time.perf_counter()
+                    for k, fname in enumerate(_sample_files(system)):
+                        settings = system.decode
+                        captions: list[str] = []
+                        for i in range(0, len(records), bs):
+                            seed = settings.seed + 1000 * k + i
+                            out = captioner.generate_from_features(lm_inputs[system.adapter][i:i + bs], settings,
+                                                                   system.adapter, seed=seed)
+                            captions.extend(c[0] for c in out)
+                            bar.advance(len(out), system.name)
+                        write_predictions(pred_dir / f"{fname}.json", image_ids, captions)
+                    timings[f"generate/{system.name}"] = time.perf_counter() - t
+                    maybe_kill("grid-system", n)
+            finally:
+                bar.close()
+        result = GridResult(run_dir, [s.name for s in systems], [s.name for s in todo], reused, skipped,
+                            timings=timings)
+        if scorer is not None:
+            t = time.perf_counter()
+            result.scores = score_grid(cfg, scorer, systems, image_ids, pred_dir, skipped)
+            timings["score"] = time.perf_counter() - t
+    finally:
+        if scorer is not None:
+            scorer.close()
+    timings["total"] = time.perf_counter() - t0
+    atomic_write_json(run_dir / "grid_timings.json", {k: round(v, 3) for k, v in timings.items()})
+    return result
+
+
+def score_grid(cfg: RunConfig, scorer, systems: list[System], image_ids: list[int], pred_dir: Path,
+               skipped: list[str]) -> dict[str, Any]:
+    """Score every system (and the extra samples of sampling systems) and write scores.json + results."""
+    from captune.metrics import build_report
+
+    captions = {}
+    for system in systems:
+        for fname in _sample_files(system):
+            got = read_predictions(pred_dir / f"{fname}.json", image_ids)
+            if got is None:
+                raise UserError(f"{pred_dir / (fname + '.json')}: predictions missing or damaged; rerun captune eval")
+            captions[fname] = got
+    results = scorer.score(captions)
+    names = [s.name for s in systems]
+    reference = cfg.eval.reference_system if cfg.eval.reference_system in names else names[0]
+    comparisons = [(n, reference, scorer.compare(results[n], results[reference])) for n in names if n != reference]
+    samples = {}
+    for system in systems:
+        if system.samples > 1:
+            samples[system.name] = _sample_spread([results[f] for f in _sample_files(system)])
+    extra = {
+        "reference_system": reference,
+        "systems_order": names,
+        "system_settings": {s.name: {"adapter": s.adapter, "samples": s.samples, **s.decode.__dict__}
+                            for s in systems},
+        "skipped_images": skipped,
+        "sample_spread": samples,
+    }
+    if cfg.eval.human_baseline:
+        from captune.metrics import human_report
+
+        try:
+            extra["human"] = human_report(scorer.refs, metrics=cfg.eval.metrics,
+                                          bootstrap_samples=cfg.eval.bootstrap_samples,
+                                          seed=cfg.eval.bootstrap_seed, meteor=scorer.meteor)
+        except Exception as exc:  # the human row is optional context; never lose the grid for it
+            extra["human_unavailable"] = f"{type(exc).__name__}: {exc}"
+    report = build_report(scorer, {n: results[n] for n in captions if n in names}, comparisons, extra=extra)
+    atomic_write_json(cfg.run_dir / "scores.json", report)
+    write_results_table(cfg.run_dir, report)
+    return report
+
+
+def _sample_spread(results) -> dict[str, dict[str, float]]:
+    import statistics
+
+    out: dict[str, dict[str, float]] = {}
+    for metric in results[0].values():
+        vals = [r.values().get(metric) for r in results]
+        vals = [v for v in vals if v is not None]
+        if len(vals) >= 2:
+            out[metric] = {"mean": statistics.fmean(vals), "sd": statistics.stdev(vals), "k": len(vals)}
+    return out
+
+
+MAIN_METRICS = ["coco/BLEU-1", "coco/BLEU-4", "coco/METEOR", "coco/ROUGE-L", "coco/CIDEr", "rouge/ROUGE-1",
+                "rouge/ROUGE-2", "div/TTR", "div/seq-rep-4", "div/Duplicate Rate", "div/distinct-2"]
+
+
+def write_results_table(run_dir: Path, report: dict[str, Any]) -> None:
+    """results.md / results.json: one row per system, the main metrics with 95 % intervals."""
+    rows = []
+    for name in report.get("systems_order", list(report["systems"])):
+        metrics = report["systems"][name]["metrics"]
+        rows.append({"system": name, **{m: metrics.get(m, {}).get("value") for m in MAIN_METRICS}})
+    atomic_write_json(run_dir / "results.json", {"metrics": MAIN_METRICS, "rows": rows})
+    lines = ["| system | " + " | ".join(MAIN_METRICS) + " |", "|---" * (len(MAIN_METRICS) + 1) + "|"]
+    for name in report.get("systems_order", list(report["systems"])):
+        cells = []
+        for m in MAIN_METRICS:
+            entry = report["systems"][name]["metrics"].get(m) or {}
+            v, lo, hi = entry.get("value"), entry.get("ci_low"), entry.get("ci_high")
+            cells.append("–" if v is None else (f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{v:.3f}"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
+
+
+class _Bar:
+    def __init__(self, enabled: bool, total: int) -> None:
+        import os
+
+        self.progress = None
+        if enabled and os.environ.get("CAPTUNE_NO_PROGRESS") != "1":
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("captions"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                     TextColumn("{task.fields[system]}"), TimeRemainingColumn())
+            self.task = self.progress.add_task("grid", total=total, system="")
+            self.progress.start()
+
+    def advance(self, n: int, system: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, advance=n, system=system)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
