@@ -119,3 +119,16 @@ def test_yaml_off_is_the_word_not_false(tmp_path: Path) -> None:
     path.write_text("train:\n  feature_cache: off\n")
     assert load_config(path).train.feature_cache == "off"
     assert load_config(None, ["train.feature_cache=off"]).train.feature_cache == "off"
+
+
+def test_shipped_configs_are_valid() -> None:
+    from captune.model.presets import known_name
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(root.glob("*.yaml"))
+    assert {f.name for f in files} >= {"flickr8k-blip2-opt-2.7b.yaml", "flickr8k-blip2-flan-t5-xl.yaml",
+                                       "coco-karpathy-blip2-opt-2.7b.yaml"}
+    for f in files:
+        cfg = load_config(f)
+        assert known_name(cfg.model.name_or_path), f
+        assert cfg.lora.preset == "qformer+lm"

@@ -206,3 +206,22 @@ def test_bad_config_names_key(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "train.learning_rate" in err and err.count("\n") == 1
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_validation_keeps_best_adapter_and_stops_early(tiny_model_dirs, tmp_path: Path) -> None:
+    data = colour_dataset(tmp_path / "data", val=True)
+    cfg = tiny_train_config(tiny_model_dirs["opt"], data, tmp_path, "val", "train.max_steps=40",
+                            "train.validate_every=4", "train.early_stopping_patience=2", "train.lr=1e-6",
+                            "generate.max_new_tokens=6")
+    result = train(cfg, progress=False)
+    log = [json.loads(x) for x in (tmp_path / "val" / "train" / "log.jsonl").read_text().splitlines()]
+    vals = [r for r in log if "val_score" in r]
+    assert vals and all({"val_loss", "val_bleu4", "val_cider"} <= set(r) for r in vals)
+    best = json.loads((tmp_path / "val" / "train" / "best.json").read_text())
+    assert best["val_score"] == max(r["val_score"] for r in vals)
+    summary = result.summary
+    assert summary["stopped_early"] and summary["steps"] < 40
+    assert summary["best_step"] == best["step"]
+    got = _adapter(tmp_path / "val")
+    want = load_file(str(tmp_path / "val" / "train" / "best" / "adapter_model.safetensors"))
+    assert all(torch.equal(got[k], want[k]) for k in want)

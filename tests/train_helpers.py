@@ -28,7 +28,8 @@ def colour_dataset(root: Path, per_colour: int = 1, val: bool = False) -> Path:
             Image.new("RGB", (32, 32), rgb).save(root / file_name)
             lines.append({"file_name": file_name, "caption": CAPTIONS[name], "split": "train"})
             if val:
-                lines.append({"file_name": file_name, "caption": CAPTIONS[name], "split": "val"})
+                Image.new("RGB", (32, 32), rgb).save(root / f"val-{file_name}")
+                lines.append({"file_name": f"val-{file_name}", "caption": CAPTIONS[name], "split": "val"})
     path = root / "captions.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path

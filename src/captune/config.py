@@ -90,6 +90,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     validate_every: int = 0
+    val_max_images: int = 200
     early_stopping_patience: int = 0
     max_bad_steps: int = 10
     num_workers: int = 0
@@ -262,7 +263,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 _POSITIVE = {
     "train.batch_size", "train.grad_accum", "train.lr", "train.max_caption_tokens", "train.checkpoint_every",
-    "train.log_every", "train.max_bad_steps", "generate.max_new_tokens", "generate.num_beams",
+    "train.log_every", "train.max_bad_steps", "train.val_max_images", "generate.max_new_tokens", "generate.num_beams",
     "generate.batch_size", "generate.num_return_sequences", "lora.r", "lora.alpha", "eval.bootstrap_samples",
 }
 _NON_NEGATIVE = {

@@ -31,3 +31,20 @@ def train_command(
             f"trained {s['steps']} steps ({s['samples']} samples, {s['bad_steps']} skipped) in "
             f"{s['train_seconds']:.1f} s; final loss {s['final_loss']}; adapter: {cfg.run_dir / 'adapter'}"
         )
+
+
+@app.command("run")
+def run_command(
+    config: Path = typer.Argument(..., help="Run config (YAML)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key (repeatable)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+) -> None:
+    """Train, run the evaluation grid and write the report in one run directory (rerun to resume)."""
+    from captune.pipeline import run_pipeline
+
+    cfg = load_config(config, set_)
+    result = run_pipeline(cfg, progress=not no_progress)
+    results_md = cfg.run_dir / "results.md"
+    if results_md.is_file():
+        console.print(results_md.read_text(encoding="utf-8"))
+    console.print(f"run directory: {result.run_dir}" + (f"; report: {result.report}" if result.report else ""))

@@ -228,6 +228,20 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     if not records:
         raise UserError(f"{cfg.data.path}: no readable training images; run `captune data check` on it")
 
+    val_records: list = []
+    val_keys: list[str] = []
+    if tc.validate_every:
+        try:
+            val_all = dataset.select(cfg.data.val_split)
+        except UserError:
+            val_all = []
+        if not val_all:
+            raise ConfigError(f"config key 'train.validate_every': split {cfg.data.val_split!r} has no images; "
+                              "set data.val_split or train.validate_every=0")
+        val_all = val_all[: tc.val_max_images]
+        vk, vu, _ = _prepare_images(val_all, model, image_processor, store, cfg, accelerator)
+        val_records, val_keys = [val_all[i] for i in vu], [vk[i] for i in vu]
+
     num_captions = [len(r.refs) for r in records]
     pairs_per_epoch = sum(num_captions) if tc.captions_per_image == "all" else sum(1 for n in num_captions if n)
     steps_per_epoch = max(1, pairs_per_epoch // (tc.batch_size * tc.grad_accum))
@@ -242,7 +256,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
 
     ckpt_dir = run_dir / "train" / "checkpoints"
     loop = {"step": 0, "epoch": 0, "position": 0, "bad_steps": 0, "consecutive_bad": 0, "samples": 0,
-            "checkpoints_written": 0, "train_seconds": 0.0}
+            "checkpoints_written": 0, "train_seconds": 0.0, "best_score": None, "best_step": None,
+            "since_best": 0, "stopped_early": False}
     if resume:
         found = complete_checkpoints(ckpt_dir)
         if found:
@@ -346,6 +361,25 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
                     f"checkpoint is intact under {ckpt_dir}"
                 )
             maybe_kill("after-step", loop["step"])
+            if tc.validate_every and (loop["step"] % tc.validate_every == 0 or loop["step"] == total_steps):
+                from captune.generate.captioner import Captioner
+
+                captioner = Captioner(peft_model, loaded.processor, loaded.family)
+                val = validate(peft_model, captioner, collator, val_records, val_keys, store, image_processor, cfg,
+                               accelerator.device)
+                improved = loop["best_score"] is None or val["val_score"] > loop["best_score"]
+                if improved:
+                    loop.update(best_score=val["val_score"], best_step=loop["step"], since_best=0)
+                    if accelerator.is_main_process:
+                        save_adapter(peft_model, run_dir / "train" / "best")
+                        atomic_write_json(run_dir / "train" / "best.json", {"step": loop["step"], **val})
+                else:
+                    loop["since_best"] += 1
+                if logger is not None:
+                    logger.write({"step": loop["step"], **val, "best": improved})
+                if tc.early_stopping_patience and loop["since_best"] >= tc.early_stopping_patience:
+                    loop["stopped_early"] = True
+                    total_steps = loop["step"]
             if loop["step"] % tc.checkpoint_every == 0 or loop["step"] == total_steps:
                 loop["train_seconds"] += time.perf_counter() - t_loop
                 t_loop = time.perf_counter()
@@ -365,13 +399,26 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     loop["train_seconds"] += time.perf_counter() - t_loop
     summary: dict[str, Any] = {}
     if accelerator.is_main_process:
-        save_adapter(peft_model, run_dir / "adapter")
+        best = run_dir / "train" / "best"
+        if tc.validate_every and (best / "adapter_model.safetensors").is_file():
+            # LAVIS's rule: the adapter evaluated is the one with the best validation CIDEr + BLEU-4.
+            from captune.io import atomic_directory
+
+            with atomic_directory(run_dir / "adapter") as tmp:
+                for f in best.iterdir():
+                    (tmp / f.name).write_bytes(f.read_bytes())
+        else:
+            save_adapter(peft_model, run_dir / "adapter")
         summary = {
             "steps": loop["step"],
             "epochs_started": loop["epoch"] + 1,
             "samples": loop["samples"],
             "bad_steps": loop["bad_steps"],
             "final_loss": last_loss,
+            "best_step": loop["best_step"],
+            "best_val_score": loop["best_score"],
+            "stopped_early": loop["stopped_early"],
+            "adapter_is": "best validation CIDEr+BLEU-4" if loop["best_step"] else "last step",
             "train_seconds": loop["train_seconds"],
             "wall_seconds": time.perf_counter() - t_start,
             "samples_per_s": loop["samples"] / loop["train_seconds"] if loop["train_seconds"] else None,
@@ -388,6 +435,45 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
         atomic_write_json(run_dir / "train" / "summary.json", summary)
     accelerator.wait_for_everyone()
     return TrainResult(run_dir, loop["step"], last_loss, loop["bad_steps"], summary)
+
+
+def validate(model, captioner, collator, records, keys, store, image_processor, cfg: RunConfig, device) -> dict:
+    """Validation loss and greedy BLEU-4 + CIDEr on the val images (LAVIS selects on CIDEr + BLEU-4)."""
+    from captune.generate.systems import DecodeSettings
+    from captune.metrics.coco import Bleu, Cider
+    from captune.metrics.tokenize import tokenize_captions
+
+    model.eval()
+    total, count = 0.0, 0
+    captions: list[str] = []
+    bs = cfg.generate.batch_size
+    settings = DecodeSettings(prompt=cfg.train.prompt, max_new_tokens=cfg.generate.max_new_tokens)
+    with torch.no_grad():
+        for start in range(0, len(records), bs):
+            chunk = records[start:start + bs]
+            if store is not None:
+                embeds = store.get(keys[start:start + bs]).to(device)
+            else:
+                embeds = encode_images(model, pixel_values([r.path for r in chunk], image_processor).to(device))
+            for k in range(max(len(r.refs) for r in chunk)):
+                rows = [(i, r.refs[k]) for i, r in enumerate(chunk) if k < len(r.refs)]
+                batch = collator([c for _, c in rows]).to(device)
+                loss_sum, n = forward_loss_sum(model, batch, embeds[[i for i, _ in rows]])
+                total += float(loss_sum)
+                count += n
+            feats = captioner.lm_inputs(embeds, adapter=True)
+            captions.extend(c[0] for c in captioner.generate_from_features(feats, settings, adapter=True))
+    model.train()
+    texts = captions + [ref for r in records for ref in r.refs]
+    tokenized, _ = tokenize_captions(texts)
+    res = {i: [tokenized[i]] for i in range(len(records))}
+    gts, pos = {}, len(records)
+    for i, r in enumerate(records):
+        gts[i] = tokenized[pos:pos + len(r.refs)]
+        pos += len(r.refs)
+    bleu4 = Bleu(4).compute_score(gts, res)[0][3]
+    cider = Cider().compute_score(gts, res)[0]
+    return {"val_loss": total / max(1, count), "val_bleu4": bleu4, "val_cider": cider, "val_score": bleu4 + cider}
 
 
 class _nullcontext:
