@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from captune.config import RunConfig, dump_config
+from captune.env import environment_info
 from captune.errors import DataError, UserError
 from captune.faults import maybe_kill
 from captune.generate.systems import System, default_systems, system_from
@@ -215,6 +216,7 @@ def score_grid(cfg: RunConfig, scorer, systems: list[System], image_ids: list[in
                             for s in systems},
         "skipped_images": skipped,
         "sample_spread": samples,
+        "environment": environment_info(),
     }
     if cfg.eval.human_baseline:
         from captune.metrics import human_report

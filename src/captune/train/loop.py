@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from captune.config import RunConfig, config_to_dict, dump_config
+from captune.env import environment_info
 from captune.errors import ConfigError, UserError
 from captune.faults import maybe_kill, nonfinite_loss
 from captune.io import atomic_write_json, atomic_write_text
@@ -431,6 +432,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
             "lora_modules": placement.modules,
             "family": loaded.family,
             "config": config_to_dict(cfg),
+            "environment": environment_info(),
         }
         atomic_write_json(run_dir / "train" / "summary.json", summary)
     accelerator.wait_for_everyone()
