@@ -180,3 +180,17 @@ def test_caption_cli_json_and_table(tiny_model_dirs, images: list[str], capsys, 
     assert "img0.png" in capsys.readouterr().out
     assert main(["caption", "--model", str(tiny_model_dirs["opt"]), str(tmp_path / "missing.jpg")]) == 1
     assert "no such image" in capsys.readouterr().err
+
+
+def test_shared_image_prefill_gives_identical_captions(captioner: Captioner, images: list[str]) -> None:
+    embeds = encode_images(captioner.model, pixel_values(images, captioner.processor.image_processor))
+    for adapter in (False, True):
+        feats = captioner.lm_inputs(embeds, adapter)
+        prefix = captioner.prefix_cache(feats, adapter)
+        assert (prefix is None) == (captioner.family == "t5")
+        for settings in (DecodeSettings(max_new_tokens=8, prompt="a photo of"),
+                         DecodeSettings(max_new_tokens=8, num_beams=3, num_return_sequences=2),
+                         DecodeSettings(max_new_tokens=8, do_sample=True, temperature=20.0, num_return_sequences=2)):
+            plain = captioner.generate_from_features(feats, settings, adapter, seed=5)
+            shared = captioner.generate_from_features(feats, settings, adapter, seed=5, prefix=prefix)
+            assert plain == shared, settings

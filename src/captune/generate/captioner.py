@@ -8,6 +8,8 @@ length, so batched decoding equals one-by-one decoding.
 from __future__ import annotations
 
 import contextlib
+import copy
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -61,9 +63,26 @@ class Captioner:
         return rows
 
     @torch.no_grad()
+    def prefix_cache(self, features: torch.Tensor, adapter: bool):
+        """OPT's key/value cache of the image positions, computed once and shared by every system that
+        starts from these images in this adapter state (decoder-only models only; None for T5)."""
+        if self.family != "opt":
+            return None
+        mask = torch.ones(features.shape[:2], dtype=torch.long, device=self.device)
+        with self.adapter_context(adapter):
+            out = self.blip.language_model(inputs_embeds=features.to(self.device), attention_mask=mask,
+                                           use_cache=True)
+        return out.past_key_values
+
+    @torch.no_grad()
     def generate_from_features(self, features: torch.Tensor, settings: DecodeSettings, adapter: bool,
-                               prompts: Sequence[str] | None = None, seed: int | None = None) -> list[list[str]]:
-        """Captions for a batch of LM image inputs; returns `num_return_sequences` strings per image."""
+                               prompts: Sequence[str] | None = None, seed: int | None = None,
+                               prefix=None) -> list[list[str]]:
+        """Captions for a batch of LM image inputs; returns `num_return_sequences` strings per image.
+
+        `prefix`: a `prefix_cache` of these features; generation then starts after the image positions
+        (identical output, the image prefill is not recomputed). Ignored when rows need padding.
+        """
         n = features.shape[0]
         prompts = list(prompts) if prompts is not None else [settings.prompt] * n
         rows = self._prompt_rows(prompts)
@@ -94,7 +113,15 @@ class Captioner:
         kwargs = settings.generate_kwargs()
         kwargs.update(pad_token_id=pad_id, eos_token_id=self.tokenizer.eos_token_id,
                       suppress_tokens=self._never_generate())
-        with self.adapter_context(adapter):
+        if prefix is not None and self.family == "opt" and bool(text_mask.all()):
+            cache = copy.deepcopy(prefix)
+            expand = settings.num_beams if settings.num_beams > 1 else settings.num_return_sequences
+            if expand > 1:  # generate expands the inputs for beams/samples but not a passed cache
+                cache.batch_repeat_interleave(expand)
+            kwargs["past_key_values"] = cache
+        with self.adapter_context(adapter), warnings.catch_warnings():
+            # Penalties apply to generated tokens only (the prompt is given as embeddings): intended.
+            warnings.filterwarnings("ignore", message="Passing `(repetition_penalty|no_repeat_ngram_size)`")
             out = lm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         texts = [" ".join(t.split()) for t in texts]

@@ -158,21 +158,33 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                 lm_inputs[state] = torch.cat(parts)
             timings["qformer"] = time.perf_counter() - t
             bar = _Bar(progress, sum(len(records) * s.samples for s in todo))
+            written = 0
             try:
-                for n, system in enumerate(todo, start=1):
-                    t = time.perf_counter()
-                    for k, fname in enumerate(_sample_files(system)):
-                        settings = system.decode
-                        captions: list[str] = []
-                        for i in range(0, len(records), bs):
-                            seed = settings.seed + 1000 * k + i
-                            out = captioner.generate_from_features(lm_inputs[system.adapter][i:i + bs], settings,
-                                                                   system.adapter, seed=seed)
-                            captions.extend(c[0] for c in out)
-                            bar.advance(len(out), system.name)
-                        write_predictions(pred_dir / f"{fname}.json", image_ids, captions)
-                    timings[f"generate/{system.name}"] = time.perf_counter() - t
-                    maybe_kill("grid-system", n)
+                # Images outer, systems inner: each batch's image prefill (OPT's KV cache of the query
+                # positions) is computed once per adapter state and shared by the systems of that state.
+                for state in sorted({s.adapter for s in todo}):
+                    group = [s for s in todo if s.adapter == state]
+                    captions: dict[str, list[str]] = {f: [] for s in group for f in _sample_files(s)}
+                    for i in range(0, len(records), bs):
+                        feats = lm_inputs[state][i:i + bs]
+                        t = time.perf_counter()
+                        prefix = captioner.prefix_cache(feats, state)
+                        timings["prefill"] = timings.get("prefill", 0.0) + time.perf_counter() - t
+                        for system in group:
+                            t = time.perf_counter()
+                            for k, fname in enumerate(_sample_files(system)):
+                                seed = system.decode.seed + 1000 * k + i
+                                out = captioner.generate_from_features(feats, system.decode, system.adapter,
+                                                                       seed=seed, prefix=prefix)
+                                captions[fname].extend(c[0] for c in out)
+                                bar.advance(len(out), system.name)
+                            key = f"generate/{system.name}"
+                            timings[key] = timings.get(key, 0.0) + time.perf_counter() - t
+                    for system in group:
+                        for fname in _sample_files(system):
+                            write_predictions(pred_dir / f"{fname}.json", image_ids, captions[fname])
+                        written += 1
+                        maybe_kill("grid-system", written)
             finally:
                 bar.close()
         result = GridResult(run_dir, [s.name for s in systems], [s.name for s in todo], reused, skipped,
