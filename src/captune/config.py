@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -149,6 +150,8 @@ class EvalConfig:
     bootstrap_seed: int = 0
     human_baseline: bool = True
     spice: bool = False
+    paired_trials: int = 1000
+    self_bleu: bool = False
 
 
 @dataclass
@@ -237,7 +240,13 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):  # YAML's .nan/.inf: torch fails later with a traceback, or loops
+                raise ConfigError(f"config key '{path}': must be a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -308,6 +317,14 @@ def _check_ranges(cfg: RunConfig) -> None:
             if system.name in seen:
                 raise ConfigError(f"config key 'eval.systems[{i}].name': duplicate system name {system.name!r}")
             seen.add(system.name)
+            for key in ("num_beams", "max_new_tokens", "samples", "min_new_tokens", "top_k", "temperature",
+                        "no_repeat_ngram_size", "repetition_penalty"):
+                v = getattr(system, key)
+                low = 1 if key in ("num_beams", "max_new_tokens", "samples") else 0
+                if v is not None and v < low:
+                    raise ConfigError(f"config key 'eval.systems[{i}].{key}': must be >= {low}, got {v!r}")
+            if system.top_p is not None and not 0.0 < system.top_p <= 1.0:
+                raise ConfigError(f"config key 'eval.systems[{i}].top_p': must be in (0, 1], got {system.top_p}")
 
 
 def config_from_dict(data: dict[str, Any] | None) -> RunConfig:

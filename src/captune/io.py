@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from captune.errors import UserError
+
 
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
@@ -21,9 +23,20 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _make_parent(target: Path) -> None:
+    """Create the folder `target` goes in, or fail with one line when a file stands in the way."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in target.parents if p.exists() and not p.is_dir()), target.parent)
+        raise UserError(f"{target}: {blocker} is a file, not a folder; choose another output path") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(target)
+    if target.is_dir():
+        raise UserError(f"{target}: is a folder; give a file path for this output")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -50,7 +63,9 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None
 def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp directory beside `path`; on success it replaces `path` in one rename."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(target)
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target}: is a file; give a folder path for this output")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp

@@ -40,12 +40,47 @@ def _root(
 
 
 # Command modules register themselves on `app` when imported (one module per pipeline stage).
-from captune.cli import data_commands, model_commands
+from captune.cli import (
+    data_commands,
+    demo_commands,
+    eval_commands,
+    model_commands,
+    report_commands,
+    score_commands,
+    train_commands,
+)
+
+_INTERRUPTED = "captune: interrupted; finished work is on disk and `--resume` continues it."
 
 
 def _error_line(message: str) -> str:
     first = " ".join(str(message).strip().splitlines()) or "unknown error"
     return f"captune: error: {first}"
+
+
+def _click_errors() -> tuple[type[Exception], ...]:
+    """Usage-error types: click's own, and the copy typer >= 0.26 vendors as `typer._click`."""
+    import click
+
+    types: list[type[Exception]] = [click.exceptions.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        types.append(VendoredClickException)
+    except ImportError:  # older typer: click itself
+        pass
+    return tuple(types)
+
+
+def _usage_error(exc: Exception) -> int:
+    """A bad command line: help for a bare group, else one line naming the problem and where help is."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()  # type: ignore[attr-defined]
+        return EXIT_USER_ERROR
+    ctx = getattr(exc, "ctx", None)
+    where = f"; see `{ctx.command_path} --help`" if ctx is not None else "; see `captune --help`"
+    typer.echo(_error_line(exc.format_message().rstrip(".") + where), err=True)  # type: ignore[attr-defined]
+    return EXIT_USER_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
-        app(args=args, prog_name="captune", standalone_mode=False)
+        code = app(args=args, prog_name="captune", standalone_mode=False)
     except UserError as exc:
         typer.echo(_error_line(str(exc)), err=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        typer.echo("captune: interrupted; finished work is on disk and `--resume` continues it.", err=True)
+        typer.echo(_INTERRUPTED, err=True)
         return EXIT_INTERRUPTED
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
@@ -70,11 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USER_ERROR
     except Exception as exc:  # click usage errors are user errors; anything else is our bug
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return EXIT_USER_ERROR
+        if isinstance(exc, _click_errors()):
+            return _usage_error(exc)
         if os.environ.get("CAPTUNE_DEBUG"):
             raise
         typer.echo(
@@ -83,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             err=True,
         )
         return EXIT_INTERNAL_ERROR
-    return 0
+    if code == EXIT_INTERRUPTED:  # typer >= 0.26 turns Ctrl-C into Exit(130), returned here, not raised
+        typer.echo(_INTERRUPTED, err=True)
+        return EXIT_INTERRUPTED
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 def run() -> None:

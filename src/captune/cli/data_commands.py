@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from captune.cli import app
-from captune.errors import DataError
+from captune.errors import ConfigError, DataError
 
 data_app = typer.Typer(
     name="data",
@@ -38,6 +38,8 @@ def check_command(
     from captune.data.check import check_dataset, format_report
     from captune.io import atomic_write_json
 
+    if threads < 0:
+        raise ConfigError(f"--threads: must be >= 0 (0 = up to 4), got {threads}")
     report = check_dataset(path, format=format, image_root=image_root, threads=threads or None, decode=decode)
     typer.echo(format_report(report))
     if json_out is not None:

@@ -73,6 +73,12 @@ def caption_command(
     from captune.model.adapters import load_adapter
     from captune.model.load import load_blip2
 
+    for label, value in (("--num-beams", num_beams), ("--max-new-tokens", max_new_tokens),
+                         ("--num-captions", num_captions), ("--batch-size", batch_size)):
+        if value <= 0:
+            raise ConfigError(f"{label}: must be > 0, got {value}")
+    if not 0.0 < top_p <= 1.0:
+        raise ConfigError(f"--top-p: must be in (0, 1], got {top_p}")
     if num_captions > 1 and not sample and num_beams < num_captions:
         raise ConfigError(f"--num-captions {num_captions} needs --sample or --num-beams >= {num_captions}")
     paths = _expand(images)

@@ -32,6 +32,15 @@ def _lora_config(preset: str, r: int, alpha: int | None, target_regex: str | Non
     return config_from_dict({"lora": data}).lora
 
 
+def _check_out(out: Path, markers: tuple[str, ...]) -> None:
+    """Refuse an --out folder holding other files: a successful write replaces the folder as a whole."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; give a folder path")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).is_file() for m in markers):
+        raise ConfigError(f"--out {out}: folder is not empty and holds no earlier output of this command "
+                          "(it would be replaced as a whole); choose a new or empty folder")
+
+
 @app.command("tiny-model")
 def tiny_model(
     out: Path = typer.Option(..., "--out", help="Folder to write (Hugging Face layout)."),
@@ -61,6 +70,7 @@ def tiny_model(
         raise ConfigError(f"--hidden: must be a multiple of 4 (4 attention heads), got {hidden}")
     if tokenizer_dir is not None and not tokenizer_dir.is_dir():
         raise ConfigError(f"{tokenizer_dir}: tokenizer folder not found")
+    _check_out(out, ("captune_tiny_spec.json", "config.json"))
     spec = TinySpec(
         family=family, image_size=image_size, patch_size=patch_size, vision_hidden=hidden, qformer_hidden=hidden,
         lm_hidden=hidden, lm_ffn=hidden * 2, vision_layers=layers, qformer_layers=layers, lm_layers=layers,
@@ -117,6 +127,7 @@ def export(
     from captune.model.load import load_blip2
 
     cfg = read_adapter_config(adapter)
+    _check_out(out, ("config.json",) if merge else ("adapter_config.json",))
     base_name = model or cfg.get("base_model_name_or_path")
     if not base_name:
         raise ConfigError(f"{adapter}: adapter_config.json names no base model; pass --model")

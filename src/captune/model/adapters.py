@@ -49,9 +49,13 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
             )
         raise ModelError(f"{path}: no {ADAPTER_WEIGHTS}; the adapter folder is incomplete")
     try:
-        return json.loads(config_file.read_text(encoding="utf-8"))
+        cfg = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{config_file}: not valid JSON ({exc}); the adapter folder is damaged") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{config_file}: expected a JSON object of PEFT settings, got a JSON "
+                         f"{type(cfg).__name__}; the adapter folder is damaged")
+    return cfg
 
 
 def _module_names(model: torch.nn.Module) -> set[str]:
@@ -83,7 +87,14 @@ def check_adapter_fits(base: torch.nn.Module, adapter_dir: str | Path) -> dict:
         with safe_open(adapter_dir / ADAPTER_WEIGHTS, framework="pt") as fh:
             for key in fh.keys():  # noqa: SIM118 (safetensors handle, not a dict)
                 m = re.match(r"(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$", key)
-                if not m or m.group(1) not in shapes:
+                if not m:
+                    continue
+                if m.group(1) not in names:  # peft would drop these tensors with only a warning
+                    raise ModelError(
+                        f"{adapter_dir}: tensor {key} adapts module {m.group(1)!r}, which this base model lacks; "
+                        f"use the base model it was trained on ({cfg.get('base_model_name_or_path')!r})"
+                    )
+                if m.group(1) not in shapes:
                     continue
                 out_features, in_features = shapes[m.group(1)][:2]
                 got = tuple(fh.get_slice(key).get_shape())

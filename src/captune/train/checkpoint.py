@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from captune.errors import UserError
 from captune.faults import maybe_disk_full, maybe_kill
 from captune.io import atomic_directory
+from captune.model.adapters import PICKLE_SUFFIXES
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -105,10 +106,21 @@ def save_checkpoint(directory: Path, step: int, peft_model, optimizer, scheduler
     return target
 
 
+def refuse_pickles(directory: Path) -> None:
+    """captune never writes pickles, so one among the checkpoints is foreign: refuse it by name, never load it."""
+    for path in directory.rglob("*"):
+        if path.suffix in PICKLE_SUFFIXES and path.is_file():
+            raise UserError(
+                f"{path}: pickle checkpoint refused (loading it could run code); captune checkpoints are "
+                "safetensors + JSON — move the file away, or start a new run with --set name=..."
+            )
+
+
 def complete_checkpoints(directory: Path) -> list[tuple[int, Path]]:
-    """Finished checkpoints, oldest first (temp dirs and half-written ones are ignored)."""
+    """Finished checkpoints, oldest first (temp dirs and half-written ones are ignored; pickles refused)."""
     if not directory.is_dir():
         return []
+    refuse_pickles(directory)
     found = []
     for child in directory.iterdir():
         m = STEP_DIR.match(child.name)

@@ -245,6 +245,12 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
 
     num_captions = [len(r.refs) for r in records]
     pairs_per_epoch = sum(num_captions) if tc.captions_per_image == "all" else sum(1 for n in num_captions if n)
+    if pairs_per_epoch < tc.batch_size * tc.grad_accum:
+        raise ConfigError(
+            f"config key 'train.batch_size': one step needs {tc.batch_size * tc.grad_accum} captions "
+            f"(batch_size x grad_accum) but {cfg.data.path} has {pairs_per_epoch} usable training captions; "
+            "lower train.batch_size or add data"
+        )
     steps_per_epoch = max(1, pairs_per_epoch // (tc.batch_size * tc.grad_accum))
     total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * steps_per_epoch))
 

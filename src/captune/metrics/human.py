@@ -1,0 +1,99 @@
+"""Human reference point: how well do the references score against each other?
+
+Rotating leave-one-out: in rotation j every image's reference j (cycling, j mod k, for an image
+with k references) is the "caption" and its other k-1 references are the references; rotations
+j = 0 .. max k - 1 are scored like systems and averaged. Images with a single reference are
+skipped (no one to compare with). Note that humans are scored against one reference fewer than
+systems are, which lowers BLEU/CIDEr a little; papers report it this way (e.g. COCO's human
+baseline), and the report should say so. CIs: each rotation is bootstrapped with the same
+resampled image sets, the replicates are averaged across rotations, and the percentile interval
+of that average is reported. Tokenisation and the METEOR JVM are shared across rotations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from captune.errors import DataError
+from captune.metrics.meteor import MeteorProcess
+from captune.metrics.stats import percentile_ci
+from captune.metrics.suite import CI_NONE, FAMILIES, MetricResult, Scorer, SystemResult, build_report
+
+
+def rotations(refs: Mapping[Any, Sequence[str]]) -> list[tuple[dict[Any, list[str]], dict[Any, str]]]:
+    """[(references without j, caption j)] for j = 0 .. max refs - 1 over images with >= 2 refs."""
+    usable = {i: list(r) for i, r in refs.items() if len(r) >= 2}
+    if not usable:
+        raise DataError("human baseline: no image has two or more references")
+    rounds = max(len(r) for r in usable.values())
+    out = []
+    for j in range(rounds):
+        held = {i: r[j % len(r)] for i, r in usable.items()}
+        rest = {i: r[: j % len(r)] + r[j % len(r) + 1 :] for i, r in usable.items()}
+        out.append((rest, held))
+    return out
+
+
+def human_baseline(
+    refs: Mapping[Any, Sequence[str]],
+    *,
+    metrics: Iterable[str] = FAMILIES,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+    meteor: MeteorProcess | None = None,
+    name: str = "human",
+    token_cache: dict[str, str] | None = None,
+) -> tuple[SystemResult, list[SystemResult], Scorer]:
+    """Rotation-averaged human scores, the per-rotation results, and the last rotation's scorer
+    (for its settings and unavailable-metric record)."""
+    families = tuple(metrics)
+    own = meteor is None and "coco" in families
+    process = MeteorProcess() if own else meteor
+    cache: dict[str, str] = token_cache if token_cache is not None else {}
+    per_rotation: list[SystemResult] = []
+    scorer: Scorer | None = None
+    try:
+        for j, (rest, held) in enumerate(rotations(refs)):
+            scorer = Scorer(rest, metrics=families, bootstrap_samples=bootstrap_samples, seed=seed,
+                            meteor=process, token_cache=cache, spice=False)
+            per_rotation.append(scorer.score({f"{name}-{j}": held})[f"{name}-{j}"])
+    finally:
+        if own and process is not None:
+            process.close()
+    assert scorer is not None
+    return _average(name, per_rotation, scorer.level), per_rotation, scorer
+
+
+def _average(name: str, runs: list[SystemResult], level: float) -> SystemResult:
+    first = runs[0]
+    metrics = {}
+    replicates = {}
+    for key, m in first.metrics.items():
+        values = [r.metrics[key].value for r in runs if key in r.metrics and r.metrics[key].value is not None]
+        value = float(np.mean(values)) if values else None
+        per_image = None
+        if all(r.metrics.get(key) is not None and r.metrics[key].per_image is not None for r in runs):
+            per_image = np.mean([r.metrics[key].per_image for r in runs], axis=0)
+        if all(key in r.replicates for r in runs):
+            reps = np.mean([r.replicates[key] for r in runs], axis=0)
+            replicates[key] = reps
+            lo, hi = percentile_ci(reps, level)
+            metrics[key] = MetricResult(key, value, lo, hi, m.ci_method + "; replicates averaged over rotations",
+                                        per_image)
+        else:
+            metrics[key] = MetricResult(key, value, ci_method=CI_NONE, per_image=per_image)
+    return SystemResult(name, first.image_ids, metrics, {}, replicates, first.top_captions)
+
+
+def human_report(refs: Mapping[Any, Sequence[str]], **kwargs: Any) -> dict[str, Any]:
+    """scores.json document with the averaged human baseline as system "human" plus each rotation."""
+    avg, runs, scorer = human_baseline(refs, **kwargs)
+    report = build_report(scorer, {avg.name: avg}, per_image=True)
+    report["human_baseline"] = {
+        "method": "rotating leave-one-out: reference j vs the other references, averaged over rotations",
+        "rotations": [{k: m.value for k, m in r.metrics.items()} for r in runs],
+    }
+    return report

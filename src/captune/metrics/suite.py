@@ -1,0 +1,568 @@
+"""`Scorer`: every metric family for many systems over one reference set, paying for shared work once.
+
+Created once per reference set (e.g. at the start of an evaluation grid, while captions are still
+being generated), it at once starts the METEOR JVM and, in a background thread, PTB-tokenises the
+references and builds every reference-side structure (BLEU max-counts, CIDEr-D document
+frequencies and vectors, ROUGE n-grams, NLTK tokens, WordNet). `score()` then takes any number
+of systems: their captions are tokenised in one JVM call, identical (image, caption) pairs — common
+when systems agree or collapse — are scored once, all METEOR segments stream through the one JVM
+in a worker thread while Python computes the other metrics, and bootstrap CIs come from one matrix
+product per system. Results are cached, so scoring systems one by one costs the same as together.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from captune.errors import DataError
+from captune.metrics import diversity as div
+from captune.metrics.coco import BLEU_STATS, CocoReferences, bleu_from_stats
+from captune.metrics.java import JavaRuntime, find_java
+from captune.metrics.meteor import (
+    N_STATS,
+    REDUCE_MIN_IMAGES,
+    MeteorError,
+    MeteorProcess,
+    aggregable,
+    build_paraphrase_table,
+    cached_paraphrase_table,
+    meteor_from_stats,
+    paraphrase_vocabulary,
+)
+from captune.metrics.nltk_style import BLEU_STATS as NLTK_BLEU_STATS
+from captune.metrics.nltk_style import NltkMeteor, NltkReferences, load_wordnet, nltk_bleu, nltk_bleu_vec
+from captune.metrics.nltk_style import tokenizer_note as nltk_tokenizer_note
+from captune.metrics.nltk_style import word_tokenize as nltk_word_tokenize
+from captune.metrics.rouge import RougeReferences
+from captune.metrics.spice import compute_spice, spice_status
+from captune.metrics.stats import (
+    PairedResult,
+    Statistic,
+    bootstrap_weights,
+    mean_statistic,
+    paired_test,
+    percentile_ci,
+    swap_masks,
+)
+from captune.metrics.tokenize import TokenizerError, fallback_tokenize, ptb_tokenize
+
+FAMILIES = ("coco", "rouge", "nltk", "diversity")
+
+
+class _Timer:
+    """Accumulates wall seconds per phase (reported under "timings" in scores.json)."""
+
+    def __init__(self, store: dict[str, float], key: str) -> None:
+        self.store, self.key = store, key
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.store[self.key] = self.store.get(self.key, 0.0) + time.perf_counter() - self.start
+SCHEMA = "captune.scores/1"
+
+CI_BLEU = "percentile bootstrap over images: corpus BLEU recomputed from resampled per-image lengths and clipped counts"
+CI_METEOR = "percentile bootstrap over images: METEOR recomputed from resampled per-image alignment statistics"
+CI_CIDER = "percentile bootstrap of the mean per-image CIDEr-D (document frequencies fixed to the full image set)"
+CI_MEAN = "percentile bootstrap of the mean per-image score"
+CI_NLTK_BLEU = "percentile bootstrap over images: NLTK corpus_bleu recomputed from resampled per-image counts"
+CI_NONE = "none: set-based statistic, biased by resampling images with replacement"
+
+
+@dataclass
+class MetricResult:
+    name: str
+    value: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    ci_method: str = CI_NONE
+    per_image: np.ndarray | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": _num(self.value), "ci_low": _num(self.ci_low), "ci_high": _num(self.ci_high),
+                "ci_method": self.ci_method}
+
+
+@dataclass
+class SystemResult:
+    """One system's scores: values with CIs, per-image arrays, and what paired tests need."""
+
+    name: str
+    image_ids: list[Any]
+    metrics: dict[str, MetricResult]
+    statistics: dict[str, Statistic] = field(default_factory=dict)
+    replicates: dict[str, np.ndarray] = field(default_factory=dict)
+    top_captions: list[tuple[str, int]] = field(default_factory=list)
+
+    def values(self) -> dict[str, float | None]:
+        return {k: m.value for k, m in self.metrics.items()}
+
+    def to_json(self, per_image: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {"metrics": {k: m.to_json() for k, m in self.metrics.items()}}
+        if per_image:
+            out["per_image"] = {
+                k: [_num(x) for x in m.per_image.tolist()] for k, m in self.metrics.items() if m.per_image is not None
+            }
+        out["top_captions"] = [[c, n] for c, n in self.top_captions]
+        return out
+
+
+def _num(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _normalise_refs(refs: Mapping[Any, Sequence[str]]) -> dict[Any, list[str]]:
+    out = {}
+    for image_id, texts in refs.items():
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = [t if isinstance(t, str) else str(t) for t in texts]
+        if not texts:
+            raise DataError(f"references: image {image_id!r} has no reference captions")
+        out[image_id] = texts
+    if not out:
+        raise DataError("references: no images with reference captions")
+    return out
+
+
+class Scorer:
+    """All caption metrics for systems scored against one fixed reference set.
+
+    `refs`: image id -> reference captions (raw text). `metrics`: families among
+    coco, rouge, nltk, diversity. `spice`: None = run if it can, record why not otherwise.
+    Use as a context manager, or call `close()`, to end the JVM.
+    """
+
+    def __init__(
+        self,
+        refs: Mapping[Any, Sequence[str]],
+        *,
+        metrics: Iterable[str] = FAMILIES,
+        bootstrap_samples: int = 1000,
+        seed: int = 0,
+        ci_level: float = 0.95,
+        paired_trials: int = 1000,
+        spice: bool | None = None,
+        train_captions: Iterable[str] | None = None,
+        self_bleu: bool = False,
+        meteor: MeteorProcess | None = None,
+        java: JavaRuntime | None = None,
+        token_cache: dict[str, str] | None = None,
+    ) -> None:
+        self.families = tuple(dict.fromkeys(m.strip().lower() for m in metrics if m.strip()))
+        unknown = [m for m in self.families if m not in FAMILIES]
+        if unknown:
+            raise DataError(f"unknown metric family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
+        if bootstrap_samples < 1:
+            raise DataError("bootstrap_samples must be >= 1")
+        self.refs = _normalise_refs(refs)
+        self.image_ids = list(self.refs)
+        self.samples, self.seed, self.level, self.trials = bootstrap_samples, seed, ci_level, paired_trials
+        self.train_captions = list(train_captions) if train_captions is not None else None
+        self.self_bleu = self_bleu
+        self.java = java or find_java()
+        self.unavailable: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.timings: dict[str, float] = {}
+        self.tokenizer_name = ""
+        self._tok: dict[str, str] = token_cache if token_cache is not None else {}
+        self._own_meteor = False
+        self.meteor: MeteorProcess | None = None
+        self.spice = False
+        if "coco" in self.families:
+            if meteor is None:
+                meteor, self._own_meteor = MeteorProcess(self.java), True
+            self.meteor = meteor
+            if not meteor.available:
+                self.unavailable["coco/METEOR"] = meteor.unavailable_reason or "METEOR unavailable"
+            if spice is not False:
+                reason = spice_status(self.java)
+                if reason:
+                    self.unavailable["coco/SPICE"] = reason
+                self.spice = reason is None
+        # Caches keyed by (image id, tokenised or raw caption): identical pairs are scored once.
+        self._coco: dict[tuple[Any, str], tuple[np.ndarray, float, float]] = {}
+        self._meteor_stats: dict[tuple[Any, str], np.ndarray] = {}
+        self._rouge: dict[tuple[Any, str], tuple[float, float, float]] = {}
+        self._nltk: dict[tuple[Any, str], tuple[np.ndarray, float | None]] = {}
+        self._nltk_tokens: dict[str, list[str]] = {}
+        self._weights: np.ndarray | None = None
+        self._masks: np.ndarray | None = None
+        self._prep_error: BaseException | None = None
+        self._prep = threading.Thread(target=self._prepare_safely, name="captune-scorer-prep", daemon=True)
+        self._prep.start()
+
+    # ------------------------------------------------------------------ preparation
+    def _prepare_safely(self) -> None:
+        try:
+            self._prepare()
+        except BaseException as exc:  # re-raised in the caller's thread by _ready()
+            self._prep_error = exc
+
+    def _tokenize(self, texts: Sequence[str]) -> None:
+        """PTB-tokenise the texts not yet in the cache (one JVM call)."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self._tok))
+        if not todo:
+            return
+        if not self.tokenizer_name.startswith("NLTK"):
+            try:
+                self._tok.update(zip(todo, ptb_tokenize(todo, self.java), strict=True))
+                self.tokenizer_name = "Stanford PTBTokenizer 3.4.1 (pycocoevalcap)"
+                return
+            except TokenizerError as exc:
+                self.tokenizer_name = f"NLTK Treebank fallback ({exc}); may differ slightly from COCO's"
+                self.notes.append(f"coco tokenisation: {self.tokenizer_name}")
+        self._tok.update(zip(todo, fallback_tokenize(todo), strict=True))
+
+    def _prepare(self) -> None:
+        t = self.timings
+        if "coco" in self.families:
+            with _Timer(t, "prep: PTB-tokenise references"):
+                self._tokenize([t for texts in self.refs.values() for t in texts])
+            with _Timer(t, "prep: coco references"):
+                self.coco_ref_tokens = {i: [self._tok[t] for t in texts] for i, texts in self.refs.items()}
+                self.coco_refs = CocoReferences(self.coco_ref_tokens)
+        if "rouge" in self.families:
+            with _Timer(t, "prep: rouge references"):
+                self.rouge_refs = RougeReferences(self.refs)
+        if "nltk" in self.families:
+            with _Timer(t, "prep: nltk references"):
+                self.nltk_refs = NltkReferences(self.refs)
+            note = nltk_tokenizer_note()
+            if note and note not in self.notes:
+                self.notes.append(note)
+            with _Timer(t, "prep: load WordNet"):
+                reader, where = load_wordnet()
+            if reader is None:
+                self.unavailable["nltk/METEOR"] = where
+                self.nltk_meteor: NltkMeteor | None = None
+            else:
+                self.nltk_meteor = NltkMeteor(reader)
+                self.notes.append(f"nltk/METEOR WordNet: {where}")
+
+    def _ready(self) -> None:
+        with _Timer(self.timings, "score: wait for preparation"):
+            self._prep.join()
+        if self._prep_error is not None:
+            raise self._prep_error
+
+    # ------------------------------------------------------------------ scoring
+    def _validate(self, name: str, captions: Mapping[Any, str]) -> dict[Any, str]:
+        ids = set(self.image_ids)
+        given = set(captions)
+        missing, extra = len(ids - given), len(given - ids)
+        if missing or extra:
+            raise DataError(
+                f"system {name!r}: predictions must cover exactly the {len(ids)} reference images "
+                f"({missing} missing, {extra} not in the references)"
+            )
+        out = {}
+        for i in self.image_ids:
+            c = captions[i]
+            if not isinstance(c, str):
+                raise DataError(f"system {name!r}: caption for image {i!r} is {type(c).__name__}, not text")
+            out[i] = c
+        return out
+
+    def _meteor_worker(self, pairs: list[tuple[Any, str]], result: dict[str, Any]) -> None:
+        try:
+            assert self.meteor is not None
+            segs = [(tok, self.coco_ref_tokens[i]) for i, tok in pairs]
+            with _Timer(self.timings, "meteor thread: JVM warm-up"):
+                self.meteor.warm_up()
+            with _Timer(self.timings, f"meteor thread: {len(segs)} segments"):
+                stats = self.meteor.segment_stats(segs)
+            result["stats"] = stats
+        except MeteorError as exc:
+            result["error"] = str(exc)
+        except BaseException as exc:
+            result["error"] = f"METEOR unavailable: {type(exc).__name__}: {exc}"
+
+    def score(self, systems: Mapping[str, Mapping[Any, str]]) -> dict[str, SystemResult]:
+        """Score every system (name -> {image id: caption}) on all families; returns name -> result."""
+        if not systems:
+            raise DataError("no systems to score")
+        self._ready()
+        t = self.timings
+        caps = {name: self._validate(name, c) for name, c in systems.items()}
+        raw_pairs = list(dict.fromkeys((i, c) for sys_caps in caps.values() for i, c in sys_caps.items()))
+        meteor_job: dict[str, Any] = {}
+        worker, todo = None, []
+        if "coco" in self.families:
+            with _Timer(t, "score: PTB-tokenise captions"):
+                self._tokenize([c for _, c in raw_pairs])
+            pairs = list(dict.fromkeys((i, self._tok[c]) for i, c in raw_pairs))
+            if self.meteor is not None and self.meteor.available:
+                todo = [p for p in pairs if p not in self._meteor_stats]
+                if todo:
+                    worker = threading.Thread(target=self._meteor_worker, args=(todo, meteor_job), daemon=True)
+                    worker.start()
+            with _Timer(t, "score: coco BLEU/CIDEr/ROUGE-L"):
+                for i, tok in pairs:
+                    if (i, tok) not in self._coco:
+                        stats = self.coco_refs.bleu_stats(i, tok)
+                        self._coco[(i, tok)] = (stats, self.coco_refs.cider(i, tok), self.coco_refs.rouge_l(i, tok))
+        if "rouge" in self.families:
+            with _Timer(t, "score: rouge-score"):
+                for i, c in raw_pairs:
+                    if (i, c) not in self._rouge:
+                        self._rouge[(i, c)] = self.rouge_refs.score(i, c)
+        if "nltk" in self.families:
+            self._score_nltk(raw_pairs)
+        if worker is not None:
+            with _Timer(t, "score: wait for METEOR"):
+                worker.join()
+            if "error" in meteor_job:
+                self.unavailable["coco/METEOR"] = meteor_job["error"]
+            else:
+                self._meteor_stats.update(zip(todo, meteor_job["stats"], strict=True))
+        with _Timer(t, "score: diversity, bootstrap"):
+            return {name: self._system(name, c) for name, c in caps.items()}
+
+    def _score_nltk(self, raw_pairs: Sequence[tuple[Any, str]]) -> None:
+        t = self.timings
+        todo = [(i, c) for i, c in raw_pairs if (i, c) not in self._nltk]
+        with _Timer(t, "score: nltk tokenise"):
+            for _, c in todo:
+                if c not in self._nltk_tokens:
+                    self._nltk_tokens[c] = nltk_word_tokenize(c)
+        with _Timer(t, "score: nltk BLEU"):
+            bleu = [self.nltk_refs.bleu_stats(i, self._nltk_tokens[c]) for i, c in todo]
+        with _Timer(t, "score: nltk METEOR"):
+            if self.nltk_meteor is not None:
+                met: list[float | None] = [
+                    self.nltk_meteor.score(self.nltk_refs.tokens[i], self._nltk_tokens[c], key=i) for i, c in todo
+                ]
+            else:
+                met = [None] * len(todo)
+        for key, b, m in zip(todo, bleu, met, strict=True):
+            self._nltk[key] = (b, m)
+
+    def _system(self, name: str, caps: dict[Any, str]) -> SystemResult:
+        ids = self.image_ids
+        stats: dict[str, Statistic] = {}
+        fixed: dict[str, MetricResult] = {}
+        top: list[tuple[str, int]] = []
+        if "coco" in self.families:
+            keys = [(i, self._tok[caps[i]]) for i in ids]
+            bleu = np.array([self._coco[k][0] for k in keys]).reshape(len(ids), BLEU_STATS)
+            per_bleu = bleu_from_stats(bleu)
+            for n in range(1, 5):
+                stats[f"coco/BLEU-{n}"] = Statistic(
+                    f"coco/BLEU-{n}", bleu, lambda s, _n, k=n: bleu_from_stats(s)[:, k - 1], CI_BLEU, per_bleu[:, n - 1]
+                )
+            if "coco/METEOR" not in self.unavailable and all(k in self._meteor_stats for k in keys):
+                m = aggregable(np.array([self._meteor_stats[k] for k in keys]).reshape(len(ids), N_STATS))
+                stats["coco/METEOR"] = Statistic(
+                    "coco/METEOR", m, lambda s, _n: meteor_from_stats(s), CI_METEOR, meteor_from_stats(m)
+                )
+            stats["coco/ROUGE-L"] = mean_statistic("coco/ROUGE-L", np.array([self._coco[k][2] for k in keys]))
+            stats["coco/CIDEr"] = mean_statistic("coco/CIDEr", np.array([self._coco[k][1] for k in keys]), CI_CIDER)
+            if self.spice:
+                try:
+                    gts = {i: self.coco_ref_tokens[i] for i in ids}
+                    _, per = compute_spice(gts, {i: [self._tok[caps[i]]] for i in ids}, self.java)
+                    stats["coco/SPICE"] = mean_statistic("coco/SPICE", np.nan_to_num(per))
+                except RuntimeError as exc:
+                    self.unavailable["coco/SPICE"] = str(exc)
+                    self.spice = False
+        if "rouge" in self.families:
+            table = np.array([self._rouge[(i, caps[i])] for i in ids]).reshape(len(ids), 3)
+            for k, kind in enumerate(("ROUGE-1", "ROUGE-2", "ROUGE-L")):
+                stats[f"rouge/{kind}"] = mean_statistic(f"rouge/{kind}", table[:, k])
+        if "nltk" in self.families:
+            rows = [self._nltk[(i, caps[i])] for i in ids]
+            nb = np.array([r[0] for r in rows]).reshape(len(ids), NLTK_BLEU_STATS)
+            exact = nltk_bleu(nb.sum(0))
+            for n in range(1, 5):
+                stats[f"nltk/BLEU-{n}"] = Statistic(
+                    f"nltk/BLEU-{n}", nb, lambda s, _n, k=n: nltk_bleu_vec(s)[:, k - 1], CI_NLTK_BLEU
+                )
+                fixed[f"nltk/BLEU-{n}"] = MetricResult(f"nltk/BLEU-{n}", exact[n - 1], ci_method=CI_NLTK_BLEU)
+            if self.nltk_meteor is not None:
+                stats["nltk/METEOR"] = mean_statistic("nltk/METEOR", np.array([r[1] for r in rows], dtype=float))
+        if "diversity" in self.families:
+            d = div.diversity([caps[i] for i in ids], self.train_captions, with_self_bleu=self.self_bleu)
+            top = d.top_captions
+            for key, value in d.values.items():
+                if key in d.per_image:
+                    stats[key] = mean_statistic(key, d.per_image[key])
+                else:
+                    fixed[key] = MetricResult(key, value)
+        return self._finish(name, stats, fixed, top)
+
+    def _bootstrap(self) -> np.ndarray:
+        if self._weights is None:
+            self._weights = bootstrap_weights(len(self.image_ids), self.samples, self.seed)
+        return self._weights
+
+    def _finish(self, name: str, stats: dict[str, Statistic], fixed: dict[str, MetricResult],
+                top: list[tuple[str, int]]) -> SystemResult:
+        weights = self._bootstrap()
+        # One matrix product for all metrics: stack their stats side by side.
+        blocks = list(stats.values())
+        sums = weights @ np.concatenate([s.stats for s in blocks], axis=1) if blocks else None
+        metrics: dict[str, MetricResult] = {}
+        replicates: dict[str, np.ndarray] = {}
+        col = 0
+        for s in blocks:
+            k = s.stats.shape[1]
+            assert sums is not None
+            reps = s.aggregate(sums[:, col : col + k], s.n)
+            col += k
+            replicates[s.name] = reps
+            lo, hi = percentile_ci(reps, self.level)
+            value = fixed[s.name].value if s.name in fixed else s.value()
+            metrics[s.name] = MetricResult(s.name, value, lo, hi, s.ci_method, s.per_image)
+        for key, res in fixed.items():
+            metrics.setdefault(key, res)
+        ordered = dict(sorted(metrics.items(), key=lambda kv: _metric_order(kv[0])))
+        return SystemResult(name, list(self.image_ids), ordered, stats, replicates, top)
+
+    def compare(self, a: SystemResult, b: SystemResult) -> list[PairedResult]:
+        """Paired approximate-randomisation test of a vs b on every metric both have statistics for."""
+        if self._masks is None:
+            self._masks = swap_masks(len(self.image_ids), self.trials, self.seed + 1)
+        return [
+            paired_test(a.statistics[k], b.statistics[k], masks=self._masks)
+            for k in a.statistics
+            if k in b.statistics
+        ]
+
+    def close(self) -> None:
+        if self._own_meteor and self.meteor is not None:
+            self.meteor.close()
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "families": list(self.families),
+            "bootstrap_samples": self.samples,
+            "seed": self.seed,
+            "ci_level": self.level,
+            "paired_test": f"approximate randomisation, {self.trials} trials, two-sided",
+            "coco_tokenizer": self.tokenizer_name or None,
+            "java": self.java.path if self.java.available else None,
+        }
+
+
+_ORDER = [
+    "coco/BLEU-1", "coco/BLEU-2", "coco/BLEU-3", "coco/BLEU-4", "coco/METEOR", "coco/ROUGE-L", "coco/CIDEr",
+    "coco/SPICE", "rouge/ROUGE-1", "rouge/ROUGE-2", "rouge/ROUGE-L", "nltk/BLEU-1", "nltk/BLEU-2",
+    "nltk/BLEU-3", "nltk/BLEU-4", "nltk/METEOR", "div/Mean Length", "div/Vocabulary", "div/TTR", "div/MATTR",
+    "div/MSTTR", "div/distinct-1", "div/distinct-2", "div/seq-rep-1", "div/seq-rep-2", "div/seq-rep-3",
+    "div/seq-rep-4", "div/Duplicate Rate", "div/Novelty", "div/Self-BLEU",
+]
+
+
+def _metric_order(name: str) -> tuple[int, str]:
+    return (_ORDER.index(name) if name in _ORDER else len(_ORDER), name)
+
+
+def build_report(
+    scorer: Scorer,
+    results: Mapping[str, SystemResult],
+    comparisons: Sequence[tuple[str, str, Sequence[PairedResult]]] = (),
+    *,
+    per_image: bool = True,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The scores.json document (see `captune.metrics` for the schema)."""
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "images": len(scorer.image_ids),
+        "image_ids": list(scorer.image_ids) if per_image else None,
+        "settings": scorer.settings(),
+        "unavailable": dict(sorted(scorer.unavailable.items())),
+        "notes": list(dict.fromkeys(scorer.notes)),
+        "aliases": {"Repetition Rate": div.REPETITION_RATE},
+        "systems": {name: r.to_json(per_image) for name, r in results.items()},
+        "timings": {k: round(v, 3) for k, v in scorer.timings.items()},
+        "comparisons": [
+            {"a": a, "b": b, "metric": p.metric, "value_a": _num(p.value_a), "value_b": _num(p.value_b),
+             "delta": _num(p.delta), "p_value": p.p_value, "trials": p.trials, "method": p.method}
+            for a, b, tests in comparisons
+            for p in tests
+        ],
+    }
+    if extra:
+        report.update(extra)
+    return report
+
+
+def start_meteor(refs: Mapping[Any, Sequence[str]], token_cache: dict[str, str],
+                 java: JavaRuntime | None = None) -> tuple[MeteorProcess, set[str] | None]:
+    """Start (or reuse) the shared METEOR JVM for these references, with the cached reduced
+    paraphrase table when one covers their vocabulary. PTB-tokenises the references into
+    `token_cache` (pass it on to the Scorer). Returns the process and the vocabulary (None without Java)."""
+    runtime = java or find_java()
+    texts = list(dict.fromkeys(t for ts in refs.values() for t in ts))
+    try:
+        todo = [t for t in texts if t not in token_cache]
+        token_cache.update(zip(todo, ptb_tokenize(todo, runtime), strict=True))
+    except TokenizerError:
+        return MeteorProcess.shared(), None
+    vocab = paraphrase_vocabulary(token_cache[t] for t in texts)
+    return MeteorProcess.shared(paraphrase=cached_paraphrase_table(vocab)), vocab
+
+
+def remember_references(vocab: set[str] | None, n_images: int, process: MeteorProcess) -> str | None:
+    """After a run on a large reference set without a reduced paraphrase table, build one so later
+    runs start the JVM ~3x faster. Returns a note, or None when nothing was done."""
+    if vocab is None or process.paraphrase is not None or n_images < REDUCE_MIN_IMAGES or not process.available:
+        return None
+    start = time.perf_counter()
+    table = build_paraphrase_table(vocab)
+    return f"built a reduced METEOR paraphrase table for these references in {time.perf_counter() - start:.0f} s " \
+           f"({table}); later runs on them start faster"
+
+
+def score_systems(
+    systems: Mapping[str, Mapping[Any, str]],
+    refs: Mapping[Any, Sequence[str]],
+    *,
+    metrics: Iterable[str] = FAMILIES,
+    baseline: str | None = None,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+    paired_trials: int = 1000,
+    spice: bool | None = None,
+    train_captions: Iterable[str] | None = None,
+    self_bleu: bool = False,
+    per_image: bool = True,
+    meteor: MeteorProcess | None = None,
+    token_cache: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Score systems against references and return the scores.json document.
+
+    Every system is compared with `baseline` (default: the first system) by a paired test.
+    """
+    with Scorer(
+        refs, metrics=metrics, bootstrap_samples=bootstrap_samples, seed=seed, paired_trials=paired_trials,
+        spice=spice, train_captions=train_captions, self_bleu=self_bleu, meteor=meteor, token_cache=token_cache,
+    ) as scorer:
+        results = scorer.score(systems)
+        names = list(results)
+        base = baseline if baseline is not None else names[0]
+        if base not in results:
+            raise DataError(f"baseline system {base!r} is not among the systems ({', '.join(names)})")
+        comparisons = [(n, base, scorer.compare(results[n], results[base])) for n in names if n != base]
+        return build_report(scorer, results, comparisons, per_image=per_image)

@@ -1,0 +1,94 @@
+"""Scorer/score_systems: shared work gives the same numbers; the report is complete JSON; human baseline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from captune.errors import DataError
+from captune.metrics import MeteorProcess, Scorer, human_report, score_systems
+from captune.metrics.coco import Cider
+from captune.metrics.human import rotations
+from captune.metrics.java import find_java
+
+REFS = {
+    1: ["a dog runs on the grass", "a brown dog is running", "the dog plays outside"],
+    2: ["two children play in the water", "kids splash in a pool", "two kids swimming"],
+    3: ["a man rides a bike", "a cyclist on a road", "a man on a bicycle"],
+    4: ["a woman holds an umbrella", "a lady with an umbrella in the rain", "woman walking in rain"],
+}
+SYSTEMS = {
+    "good": {1: "a dog is running on grass", 2: "two kids play in water", 3: "a man riding a bike",
+             4: "a woman with an umbrella"},
+    "collapsed": {1: "a man", 2: "a man", 3: "a man", 4: "a man"},
+    "same-as-good": {1: "a dog is running on grass", 2: "two kids play in water", 3: "a man riding a bike",
+                     4: "a woman with an umbrella"},
+}
+
+
+@pytest.fixture(scope="module")
+def meteor() -> MeteorProcess | None:
+    return MeteorProcess.shared() if find_java().available else None
+
+
+def test_report_schema_and_json(meteor) -> None:
+    report = score_systems(SYSTEMS, REFS, bootstrap_samples=200, paired_trials=200, meteor=meteor)
+    json.dumps(report, allow_nan=False)
+    assert report["schema"] == "captune.scores/1" and report["images"] == 4 and report["image_ids"] == [1, 2, 3, 4]
+    good = report["systems"]["good"]
+    for key in ("coco/BLEU-4", "coco/CIDEr", "coco/ROUGE-L", "rouge/ROUGE-1", "rouge/ROUGE-2", "rouge/ROUGE-L",
+                "nltk/BLEU-4", "div/TTR", "div/seq-rep-4", "div/Duplicate Rate", "div/distinct-2"):
+        assert key in good["metrics"], key
+    assert set(good["metrics"]["coco/CIDEr"]) == {"value", "ci_low", "ci_high", "ci_method"}
+    assert len(good["per_image"]["coco/CIDEr"]) == 4
+    lo, hi = good["metrics"]["coco/CIDEr"]["ci_low"], good["metrics"]["coco/CIDEr"]["ci_high"]
+    assert lo <= good["metrics"]["coco/CIDEr"]["value"] <= hi
+    assert report["systems"]["collapsed"]["metrics"]["div/Duplicate Rate"]["value"] == pytest.approx(0.75)
+    assert report["systems"]["collapsed"]["top_captions"] == [["a man", 4]]
+    assert report["aliases"]["Repetition Rate"] == "div/seq-rep-4"
+    same = [c for c in report["comparisons"] if c["a"] == "same-as-good"]
+    assert same and all(c["p_value"] == 1.0 and c["delta"] == 0 for c in same)
+    for metric, why in report["unavailable"].items():
+        assert why.split(":")[0].endswith("unavailable") and "\n" not in why, metric
+
+
+def test_shared_work_changes_nothing(meteor) -> None:
+    with Scorer(REFS, bootstrap_samples=100, meteor=meteor) as scorer:
+        together = scorer.score(SYSTEMS)
+    with Scorer(REFS, bootstrap_samples=100, meteor=meteor) as scorer:
+        alone = {name: scorer.score({name: caps})[name] for name, caps in SYSTEMS.items()}
+    for name in SYSTEMS:
+        for key, metric in together[name].metrics.items():
+            assert alone[name].metrics[key].value == metric.value, (name, key)
+            assert alone[name].metrics[key].ci_low == metric.ci_low, (name, key)
+    gts = {i: [t.lower() for t in REFS[i]] for i in REFS}
+    cider, _ = Cider().compute_score(gts, {i: [SYSTEMS["good"][i]] for i in REFS})
+    assert together["good"].metrics["coco/CIDEr"].value == pytest.approx(cider, abs=1e-12)
+
+
+def test_predictions_must_match_the_references() -> None:
+    with Scorer(REFS, metrics=["rouge"], bootstrap_samples=10) as scorer, pytest.raises(DataError, match="1 missing"):
+        scorer.score({"partial": {1: "a", 2: "b", 3: "c"}})
+    with pytest.raises(DataError, match="unknown metric family"):
+        Scorer(REFS, metrics=["bleurt"])
+
+
+def test_rotations_leave_one_out() -> None:
+    rots = rotations({1: ["a", "b", "c"], 2: ["x", "y"], 3: ["only"]})
+    assert len(rots) == 3
+    rest, held = rots[2]
+    assert held == {1: "c", 2: "x"} and rest == {1: ["a", "b"], 2: ["y"]}  # image 3 skipped; 2 cycles
+    with pytest.raises(DataError):
+        rotations({1: ["alone"]})
+
+
+def test_human_baseline_report(meteor) -> None:
+    report = human_report(REFS, metrics=["coco", "rouge", "diversity"], bootstrap_samples=100, meteor=meteor)
+    human = report["systems"]["human"]["metrics"]
+    rounds = report["human_baseline"]["rotations"]
+    assert len(rounds) == 3
+    assert human["rouge/ROUGE-L"]["value"] == pytest.approx(np.mean([r["rouge/ROUGE-L"] for r in rounds]))
+    assert 0 < human["coco/BLEU-1"]["value"] < 1
+    assert human["coco/BLEU-1"]["ci_low"] <= human["coco/BLEU-1"]["value"] <= human["coco/BLEU-1"]["ci_high"]
