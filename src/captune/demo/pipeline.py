@@ -42,8 +42,8 @@ def default_cache_dir() -> Path:
     return Path("~/.cache/captune/demo").expanduser()
 
 
-def scaled_settings(seed: int = 0, scale: float = 1.0, lora_steps: int | None = None):
-    """Demo settings; `scale` < 1 shrinks the benchmark (CI's fast test), not the models."""
+def scaled_settings(seed: int = 0, scale: float = 1.0, lora_steps: int | None = None, **overrides: Any):
+    """Demo settings; `scale` < 1 shrinks the benchmark, `overrides` any other field (CI's fast test)."""
     from captune.demo.recipe import DemoSettings
 
     s = DemoSettings(seed=seed)
@@ -52,7 +52,7 @@ def scaled_settings(seed: int = 0, scale: float = 1.0, lora_steps: int | None = 
                     val_images=max(4, round(s.val_images * scale)), test_images=max(4, round(s.test_images * scale)))
     if lora_steps is not None:
         s = replace(s, lora_steps=lora_steps)
-    return s
+    return replace(s, **overrides) if overrides else s
 
 
 def alignment_for_run(run_dir: Path, data_dir: Path) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def alignment_for_run(run_dir: Path, data_dir: Path) -> dict[str, Any]:
 
 def run_demo(out_dir: str | Path = "runs", name: str = "demo", fresh: bool = False, seed: int = 0,
              scale: float = 1.0, lora_steps: int | None = None, cache_dir: str | Path | None = None,
-             progress: bool = True, report: bool = True, say=print) -> DemoResult:
+             progress: bool = True, report: bool = True, say=print, **overrides: Any) -> DemoResult:
     from captune.config import config_from_dict, config_to_dict
     from captune.demo.base import base_dir as base_dir_for
     from captune.demo.base import build_base, ensure_synth, synth_dir, torch_threads
@@ -82,7 +82,7 @@ def run_demo(out_dir: str | Path = "runs", name: str = "demo", fresh: bool = Fal
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    settings = scaled_settings(seed, scale, lora_steps)
+    settings = scaled_settings(seed, scale, lora_steps, **overrides)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     run_dir = Path(out_dir) / name
     if fresh:

@@ -1,0 +1,122 @@
+"""Every size, step count and learning rate of `captune demo`, in one dataclass, with the reasons.
+
+The demo must tell the recipe's story offline on 2 CPU cores in about two minutes: a frozen generic
+captioner mode-collapses on a fine-grained domain; prompts and sampling do not fix it; LoRA on < 5 %
+of the parameters (Q-Former query/value + LM q_proj/v_proj) does. The numbers below were measured;
+see `NOTES.md` beside this file for what was tried and what each choice bought.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+# Bump when base.py changes what a given DemoSettings builds: old caches are then ignored, not reused.
+BASE_VERSION = 1
+SYNTH_VERSION = 1
+
+
+def _stage(name: str, default: Any, why: str) -> Any:
+    return field(default=default, metadata={"stage": name, "why": why})
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The demo's settings. `stage` metadata says which cache a field keys (synth, base, lora, eval)."""
+
+    # ---- the synthetic benchmark (data/synth.py), Flickr8K-sized splits ---------------------------
+    data_seed: int = _stage("synth", 0, "the benchmark itself stays fixed across demo seeds")
+    image_size: int = _stage(
+        "synth", 36,
+        "grid 3 x patch 12: one ViT patch sees exactly one cell. At 24 px (patch 8) a small circle, diamond "
+        "and cross are the same 5 pixels, capping (colour, shape) precision near 0.8; at 36 px every small "
+        "shape differs in >= 4 pixels")
+    grid: int = _stage("synth", 3, "3 x 3 cells = 9 patches = 9 query tokens")
+    max_objects: int = _stage("synth", 3, "the benchmark's default: 1-3 shapes, some repeated (counts)")
+    train_images: int = _stage("synth", 6000, "Flickr8K's split sizes: 6,000 train ...")
+    val_images: int = _stage("synth", 1000, "... 1,000 val ...")
+    test_images: int = _stage("synth", 1000, "... 1,000 test (val+test = the 2,000-image eval split)")
+
+    # ---- the tiny BLIP-2 (model/tiny.py TinySpec) -------------------------------------------------
+    seed: int = _stage("base", 0, "model init and every training stage (the demo's --seed)")
+    patch_size: int = _stage("base", 12, "image_size / grid: patch = cell")
+    hidden: int = _stage("base", 64, "vision, Q-Former and LM width; 64 keeps a step ~10 ms on one thread")
+    layers: int = _stage("base", 2, "per component")
+    heads: int = _stage("base", 4, "per component")
+    lm_ffn: int = _stage("base", 128, "OPT feed-forward width")
+    num_query_tokens: int = _stage("base", 9, "one query per grid cell (see base.py: Q-Former pretraining)")
+    vocab_size: int = _stage("base", 512, "BPE trained on the captions: every benchmark word is one token")
+
+    # ---- base stage 1: vision tower + Q-Former learn to see (frozen afterwards) -------------------
+    vision_steps: int = _stage("base", 300, "per-cell colour/shape/size classification")
+    vision_batch: int = _stage("base", 128, "")
+    vision_lr: float = _stage("base", 3e-3, "AdamW, cosine")
+
+    # ---- base stage 2: the generic captioner (projection + LM, full parameters) -------------------
+    lm_steps: int = _stage("base", 600, "coarse captions grounded, fine captions on shuffled images")
+    lm_batch: int = _stage("base", 64, "")
+    lm_lr: float = _stage("base", 3e-3, "AdamW, cosine")
+    attribute_fraction: float = _stage("base", 0.0, "share of 'colours:' / 'shapes:' questions (right image)")
+    coarse_style: str = _stage("base", "sizes", "'count' or 'sizes' (see base.coarse_caption)")
+    lm_train_projection: bool = _stage("base", True, "train the language projection in stage 2 (else keep its init)")
+    coarse_fraction: float = _stage(
+        "base", 0.5,
+        "share of coarse captions ('a picture with two shapes', right image) vs fine captions with a shuffled "
+        "image: the LM learns the fine language but not its grounding, and greedy decoding collapses")
+
+    # ---- the recipe: LoRA via captune.train.loop.train ---------------------------------------------
+    lora_preset: str = _stage("lora", "qformer+lm", "the recipe's placement: Q-Former query/value + LM q/v")
+    lora_r: int = _stage("lora", 8, "")
+    lora_alpha: int = _stage("lora", 16, "")
+    lora_dropout: float = _stage("lora", 0.0, "")
+    lora_lr: float = _stage("lora", 1e-2, "")
+    lora_steps: int = _stage("lora", 1000, "")
+    lora_batch: int = _stage("lora", 64, "")
+    lora_warmup: int = _stage("lora", 50, "")
+    lora_weight_decay: float = _stage("lora", 0.0, "")
+    prompt: str = _stage("lora", "", "train and caption without a prompt, like the zero-shot base")
+
+    # ---- evaluation ---------------------------------------------------------------------------------
+    caption_batch: int = _stage("eval", 250, "greedy captioning batch (few generate calls: faster on CPU)")
+    max_new_tokens: int = _stage("eval", 30, "")
+
+    def stage_fields(self, *stages: str) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("stage") in stages}
+
+    def key(self, *stages: str) -> str:
+        """A short digest of the fields of `stages`: names the cache folder those fields determine."""
+        text = json.dumps(self.stage_fields(*stages), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        return {"train": self.train_images, "val": self.val_images, "test": self.test_images}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def demo_run_config(settings: DemoSettings, data_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
+                    name: str = "demo"):
+    """The LoRA training config for `captune.train.loop.train` (run directory `out_dir/name`)."""
+    from captune.config import config_from_dict
+
+    s = settings
+    return config_from_dict({
+        "name": name,
+        "output_dir": str(out_dir),
+        "model": {"name_or_path": str(base_dir), "dtype": "fp32", "local_files_only": True},
+        "lora": {"preset": s.lora_preset, "r": s.lora_r, "alpha": s.lora_alpha, "dropout": s.lora_dropout},
+        "data": {"path": str(data_dir), "format": "flickr8k", "train_split": "train", "val_split": "val",
+                 "eval_split": "eval"},
+        "train": {
+            "max_steps": s.lora_steps, "batch_size": s.lora_batch, "lr": s.lora_lr, "warmup_steps": s.lora_warmup,
+            "schedule": "cosine", "weight_decay": s.lora_weight_decay, "seed": s.seed, "prompt": s.prompt,
+            "captions_per_image": "all", "feature_cache": "memory", "precision": "fp32",
+            "checkpoint_every": s.lora_steps, "keep_checkpoints": 1, "tensorboard": False, "max_grad_norm": 1.0,
+        },
+        "generate": {"prompt": s.prompt, "max_new_tokens": s.max_new_tokens, "batch_size": s.caption_batch},
+    })

@@ -1,0 +1,37 @@
+"""`captune demo` end to end at a reduced scale (the full-size targets are measured, not tested)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from captune.demo.pipeline import DEMO_SYSTEMS, run_demo
+
+
+def test_demo_runs_end_to_end_at_reduced_scale(tmp_path: Path) -> None:
+    result = run_demo(out_dir=tmp_path / "runs", cache_dir=tmp_path / "cache", scale=0.02, lora_steps=20,
+                      progress=False, say=lambda s: None, vision_steps=20, lm_steps=20)
+    run = result.run_dir
+    for name in ("config.yaml", "scores.json", "alignment.json", "report.md", "report.html", "results.md",
+                 "demo.json", "adapter/adapter_model.safetensors", "train/log.jsonl"):
+        assert (run / name).is_file(), name
+    scores = json.loads((run / "scores.json").read_text())
+    assert scores["systems_order"] == [s["name"] for s in DEMO_SYSTEMS]
+    alignment = json.loads((run / "alignment.json").read_text())
+    assert set(alignment) == set(scores["systems"])
+    assert {"pairs", "sizes", "relations", "counts"} <= set(alignment["lora-greedy"])
+    assert [r["system"] for r in result.rows] == scores["systems_order"]
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    assert summary["parameters"]["trainable_share"] < 0.05
+    # A rerun reuses the cached dataset, base model and finished stages.
+    again = run_demo(out_dir=tmp_path / "runs", cache_dir=tmp_path / "cache", scale=0.02, lora_steps=20,
+                     progress=False, say=lambda s: None, vision_steps=20, lm_steps=20)
+    assert again.timings["base"] < result.timings["base"]
+    assert "pipeline/train" in again.timings and again.timings["pipeline/train"] < result.timings["pipeline/train"]
+
+
+def test_demo_cli_rejects_bad_scale(capsys) -> None:
+    from captune.cli import main
+
+    assert main(["demo", "--scale", "0"]) == 1
+    assert "--scale" in capsys.readouterr().err
