@@ -118,7 +118,7 @@ class Captioner:
             expand = settings.num_beams if settings.num_beams > 1 else settings.num_return_sequences
             if expand > 1:  # generate expands the inputs for beams/samples but not a passed cache
                 cache.batch_repeat_interleave(expand)
-            kwargs["past_key_values"] = cache
+            kwargs["cache"] = cache  # transformers 5 name (`past_key_values` is deprecated)
         with self.adapter_context(adapter), warnings.catch_warnings():
             # Penalties apply to generated tokens only (the prompt is given as embeddings): intended.
             warnings.filterwarnings("ignore", message="Passing `(repetition_penalty|no_repeat_ngram_size)`")

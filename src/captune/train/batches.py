@@ -59,6 +59,7 @@ class CaptionCollator:
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
         self._prompt_ids = self._encode(self.prompt) if self.prompt else []
+        self._caption_cache: dict[str, list[int]] = {}
 
     def _encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -70,6 +71,13 @@ class CaptionCollator:
         return [*self._prompt_ids, self.eos_id]
 
     def caption_ids(self, caption: str) -> list[int]:
+        """Target ids of a caption (tokenised once per distinct caption: each is seen every epoch)."""
+        cached = self._caption_cache.get(caption)
+        if cached is None:
+            cached = self._caption_cache[caption] = self._tokenize_caption(caption)
+        return cached
+
+    def _tokenize_caption(self, caption: str) -> list[int]:
         text = target_caption(caption)
         if self.family == "opt" and self.prompt:
             # Tokenise prompt + caption together (as at inference); BPE keeps the prompt a prefix.

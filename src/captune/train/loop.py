@@ -288,8 +288,11 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     last_loss: float | None = None
     t_loop = time.perf_counter()
     try:
+        pairs_of: dict[int, list[tuple[int, int]]] = {}  # one epoch's order, built once per epoch
         while loop["step"] < total_steps:
-            pairs = epoch_pairs(num_captions, loop["epoch"], tc.seed, tc.captions_per_image)
+            if loop["epoch"] not in pairs_of:
+                pairs_of = {loop["epoch"]: epoch_pairs(num_captions, loop["epoch"], tc.seed, tc.captions_per_image)}
+            pairs = pairs_of[loop["epoch"]]
             per_step = tc.batch_size * tc.grad_accum
             if loop["position"] + per_step > len(pairs):
                 loop["epoch"] += 1
