@@ -69,6 +69,17 @@ def test_grid_writes_every_file_and_scores(trained_run: Path) -> None:
     scores = json.loads((run / "scores.json").read_text())
     assert set(scores["systems"]) == set(names) and scores["reference_system"] == "zero-shot-greedy"
     assert {c["a"] for c in scores["comparisons"]} == set(names[1:])
+    # the adapter systems are also tested against the strongest prompt and sampling baselines
+    assert scores["best_baselines"] == {"criterion": "coco/CIDEr", "prompt": "prompt-photo", "sampling": "nucleus"}
+    for a in ("lora-greedy", "lora-beam3"):
+        for b in ("prompt-photo", "nucleus"):
+            tests = {c["metric"]: c for c in scores["comparisons"] if c["a"] == a and c["b"] == b}
+            assert {"coco/BLEU-4", "coco/METEOR" if "coco/METEOR" not in scores["unavailable"] else "coco/CIDEr",
+                    "coco/CIDEr"} <= set(tests)
+            assert 0 < tests["coco/CIDEr"]["p_value"] <= 1
+    assert not [c for c in scores["comparisons"] if c["b"] == "nucleus" and not c["a"].startswith("lora")]
+    timings = scores["timings"]  # METEOR ran while captions were generated (prefetched per batch)
+    assert "coco/METEOR" in scores["unavailable"] or timings.get("meteor thread: segments scored", 0) > 0
     cider = scores["systems"]["lora-greedy"]["metrics"]["coco/CIDEr"]
     assert cider["ci_low"] <= cider["value"] <= cider["ci_high"]
     assert "coco/CIDEr" in scores["sample_spread"]["nucleus"]

@@ -92,3 +92,32 @@ def test_human_baseline_report(meteor) -> None:
     assert human["rouge/ROUGE-L"]["value"] == pytest.approx(np.mean([r["rouge/ROUGE-L"] for r in rounds]))
     assert 0 < human["coco/BLEU-1"]["value"] < 1
     assert human["coco/BLEU-1"]["ci_low"] <= human["coco/BLEU-1"]["value"] <= human["coco/BLEU-1"]["ci_high"]
+
+
+def test_prefetch_gives_the_same_numbers(meteor) -> None:
+    with Scorer(REFS, bootstrap_samples=100, meteor=meteor) as scorer:
+        direct = scorer.score(SYSTEMS)
+    with Scorer(REFS, bootstrap_samples=100, meteor=meteor) as scorer:
+        scorer.prefetch({"good": {1: SYSTEMS["good"][1], 2: SYSTEMS["good"][2]}})  # a batch at a time
+        scorer.prefetch({"good": {3: SYSTEMS["good"][3], 4: SYSTEMS["good"][4]}, "collapsed": SYSTEMS["collapsed"]})
+        scorer.prefetch({"extra": {99: "not an image of these references"}})  # ignored; score() validates
+        prefetched = scorer.score(SYSTEMS)
+        if meteor is not None:  # 8 distinct (image, caption) pairs, each sent to the JVM once
+            assert scorer.timings["meteor thread: segments scored"] == 8
+    for name in SYSTEMS:
+        for key, metric in direct[name].metrics.items():
+            assert prefetched[name].metrics[key].value == metric.value, (name, key)
+
+
+def test_human_baseline_is_cached_by_references_and_settings(tmp_path, monkeypatch) -> None:
+    import captune.metrics.human as human
+
+    first = human.cached_human_report(REFS, metrics=["rouge"], bootstrap_samples=50, cache=tmp_path)
+    monkeypatch.setattr(human, "human_report", lambda *a, **k: pytest.fail("recomputed a cached human baseline"))
+    assert human.cached_human_report(REFS, metrics=["rouge"], bootstrap_samples=50, cache=tmp_path) == first
+    monkeypatch.undo()
+    other = human.cached_human_report(REFS, metrics=["rouge"], bootstrap_samples=60, cache=tmp_path)
+    assert len(list(tmp_path.glob("human-*.json"))) == 2 and other["settings"]["bootstrap_samples"] == 60
+    changed = {**REFS, 1: REFS[1][:2]}
+    assert human.human_cache_path(changed, ["rouge"], 50, 0, tmp_path) != human.human_cache_path(
+        REFS, ["rouge"], 50, 0, tmp_path)

@@ -210,6 +210,17 @@ def test_report_has_every_section_and_the_numbers_of_scores_json(finished_run: P
         want = scores["sample_spread"]["nucleus"][metric.replace("\\", "")]
         assert _close(mean, want["mean"]) and _close(sd, want["sd"]) and int(k) == want["k"] == 2
 
+    assert scores["best_baselines"] == {"criterion": "coco/CIDEr", "sampling": "nucleus"}
+    versus = _table_after(md, "| Fine-tuned | Baseline | Metric")
+    assert "\n### Fine-tuned vs the best prompt and sampling baselines\n" in md
+    shown = {(r[0], r[2].replace("\\", "")): r for r in versus[1:]}
+    for c in scores["comparisons"]:
+        if c["b"] == "nucleus" and c["metric"] in ("coco/BLEU-4", "coco/CIDEr"):
+            row = shown[(c["a"], c["metric"])]
+            assert row[1] == "nucleus (best sampling)" and _close(row[5], c["delta"])
+            assert abs(float(row[6]) - c["p_value"]) <= 5e-5
+    assert {a for a, _ in shown} == {"lora-greedy"}
+
     alignment = json.loads((finished_run / "alignment.json").read_text())
     align = _table_after(md, "| System | pairs P / R")
     assert [r[0] for r in align[1:]] == ["zero-shot-greedy", "zero-shot-beam3", "lora-greedy"]

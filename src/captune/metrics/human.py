@@ -12,7 +12,11 @@ of that average is reported. Tokenisation and the METEOR JVM are shared across r
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,4 +100,40 @@ def human_report(refs: Mapping[Any, Sequence[str]], **kwargs: Any) -> dict[str, 
         "method": "rotating leave-one-out: reference j vs the other references, averaged over rotations",
         "rotations": [{k: m.value for k, m in r.metrics.items()} for r in runs],
     }
+    return report
+
+
+HUMAN_CACHE_VERSION = 1
+
+
+def human_cache_path(refs: Mapping[Any, Sequence[str]], metrics: Iterable[str], bootstrap_samples: int, seed: int,
+                     cache: Path | None = None) -> Path:
+    """Where the human report for exactly these references and settings is kept (keyed by their digest)."""
+    from captune.metrics.nltk_style import cache_dir
+
+    key = json.dumps({"v": HUMAN_CACHE_VERSION, "metrics": sorted(metrics), "bootstrap_samples": bootstrap_samples,
+                      "seed": seed, "refs": sorted((str(i), list(r)) for i, r in refs.items())}, ensure_ascii=False)
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+    return (cache or cache_dir() / "human") / f"human-{digest}.json"
+
+
+def cached_human_report(refs: Mapping[Any, Sequence[str]], *, metrics: Iterable[str] = FAMILIES,
+                        bootstrap_samples: int = 1000, seed: int = 0, cache: Path | None = None,
+                        **kwargs: Any) -> dict[str, Any]:
+    """`human_report`, computed once per reference set and settings: the references of an evaluation
+    split do not change between runs, and five rotations cost more than scoring eight systems."""
+    from captune.io import atomic_write_json
+
+    families = tuple(metrics)
+    path = human_cache_path(refs, families, bootstrap_samples, seed, cache)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if report.get("schema") and report.get("systems"):
+            return report
+    except (OSError, ValueError):
+        pass
+    report = human_report(refs, metrics=families, bootstrap_samples=bootstrap_samples, seed=seed, **kwargs)
+    if "coco/METEOR" not in (report.get("unavailable") or {}):  # without Java, a later run may do better
+        with contextlib.suppress(OSError):  # a read-only cache only costs the recomputation
+            atomic_write_json(path, report)
     return report

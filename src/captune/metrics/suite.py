@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,6 +201,13 @@ class Scorer:
         self._nltk_tokens: dict[str, list[str]] = {}
         self._weights: np.ndarray | None = None
         self._masks: np.ndarray | None = None
+        # The Java side (PTB tokeniser, METEOR JVM) answers one request at a time: one worker thread
+        # runs it in order, while the caller generates captions or computes the Python metrics.
+        self._java_jobs: ThreadPoolExecutor | None = None
+        self._ptb_jobs: ThreadPoolExecutor | None = None  # PTB runs in its own short-lived JVM, beside METEOR's
+        self._tokenize_jobs: list[Future[None]] = []
+        self._meteor_jobs: list[Future[None]] = []
+        self._meteor_queued: set[tuple[Any, str]] = set()  # raw (image id, caption) pairs already queued
         self._prep_error: BaseException | None = None
         self._prep = threading.Thread(target=self._prepare_safely, name="captune-scorer-prep", daemon=True)
         self._prep.start()
@@ -276,19 +284,67 @@ class Scorer:
             out[i] = c
         return out
 
-    def _meteor_worker(self, pairs: list[tuple[Any, str]], result: dict[str, Any]) -> None:
+    def _java(self) -> ThreadPoolExecutor:
+        if self._java_jobs is None:
+            self._java_jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captune-java")
+        return self._java_jobs
+
+    def _queue_meteor(self, raw_pairs: Sequence[tuple[Any, str]], tokenized: Future[None] | None = None) -> None:
+        """Queue METEOR for raw (image id, caption) pairs not yet scored or queued; it starts once
+        `tokenized` (their PTB tokenisation) is done."""
+        if self.meteor is None or not self.meteor.available or "coco/METEOR" in self.unavailable:
+            return
+        todo = [p for p in dict.fromkeys(raw_pairs) if p not in self._meteor_queued]
+        if todo:
+            self._meteor_queued.update(todo)
+            self._meteor_jobs.append(self._java().submit(self._meteor_job, todo, tokenized))
+
+    def _meteor_job(self, raw_pairs: list[tuple[Any, str]], tokenized: Future[None] | None = None) -> None:
+        if tokenized is not None:
+            tokenized.result()
+        keys = list(dict.fromkeys((i, self._tok[c]) for i, c in raw_pairs))
+        keys = [k for k in keys if k not in self._meteor_stats]
+        if not keys or "coco/METEOR" in self.unavailable:
+            return
         try:
             assert self.meteor is not None
-            segs = [(tok, self.coco_ref_tokens[i]) for i, tok in pairs]
             with _Timer(self.timings, "meteor thread: JVM warm-up"):
                 self.meteor.warm_up()
-            with _Timer(self.timings, f"meteor thread: {len(segs)} segments"):
-                stats = self.meteor.segment_stats(segs)
-            result["stats"] = stats
+            with _Timer(self.timings, "meteor thread: segments"):
+                stats = self.meteor.segment_stats([(tok, self.coco_ref_tokens[i]) for i, tok in keys])
+            self.timings["meteor thread: segments scored"] = self.timings.get("meteor thread: segments scored", 0) \
+                + len(keys)
+            self._meteor_stats.update(zip(keys, stats, strict=True))
         except MeteorError as exc:
-            result["error"] = str(exc)
-        except BaseException as exc:
-            result["error"] = f"METEOR unavailable: {type(exc).__name__}: {exc}"
+            self.unavailable["coco/METEOR"] = str(exc)
+        except Exception as exc:
+            self.unavailable["coco/METEOR"] = f"METEOR unavailable: {type(exc).__name__}: {exc}"
+
+    def _tokenize_job(self, texts: list[str]) -> None:
+        self._ready()
+        self._tokenize(texts)
+
+    def prefetch(self, systems: Mapping[str, Mapping[Any, str]]) -> None:
+        """Start the Java side of scoring these captions (PTB tokenisation, METEOR) in the background
+        and return at once: an evaluation grid calls it after each batch, so METEOR runs on the other
+        core while the next captions are generated. `score()` later finds the work done. Captions are
+        not validated here; `score()` does that."""
+        if "coco" not in self.families:
+            return
+        raw = list(dict.fromkeys((i, c) for caps in systems.values() for i, c in caps.items()
+                                 if i in self.refs and isinstance(c, str)))
+        if not raw:
+            return
+        if self._ptb_jobs is None:
+            self._ptb_jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captune-ptb")
+        tokenized = self._ptb_jobs.submit(self._tokenize_job, [c for _, c in raw])
+        self._tokenize_jobs.append(tokenized)
+        self._queue_meteor(raw, tokenized)
+
+    @staticmethod
+    def _wait(jobs: list[Future[None]]) -> None:
+        while jobs:
+            jobs.pop(0).result()
 
     def score(self, systems: Mapping[str, Mapping[Any, str]]) -> dict[str, SystemResult]:
         """Score every system (name -> {image id: caption}) on all families; returns name -> result."""
@@ -298,17 +354,12 @@ class Scorer:
         t = self.timings
         caps = {name: self._validate(name, c) for name, c in systems.items()}
         raw_pairs = list(dict.fromkeys((i, c) for sys_caps in caps.values() for i, c in sys_caps.items()))
-        meteor_job: dict[str, Any] = {}
-        worker, todo = None, []
         if "coco" in self.families:
             with _Timer(t, "score: PTB-tokenise captions"):
+                self._wait(self._tokenize_jobs)  # prefetched ones
                 self._tokenize([c for _, c in raw_pairs])
             pairs = list(dict.fromkeys((i, self._tok[c]) for i, c in raw_pairs))
-            if self.meteor is not None and self.meteor.available:
-                todo = [p for p in pairs if p not in self._meteor_stats]
-                if todo:
-                    worker = threading.Thread(target=self._meteor_worker, args=(todo, meteor_job), daemon=True)
-                    worker.start()
+            self._queue_meteor(raw_pairs)  # runs in the Java worker while Python does the rest
             with _Timer(t, "score: coco BLEU/CIDEr/ROUGE-L"):
                 for i, tok in pairs:
                     if (i, tok) not in self._coco:
@@ -321,13 +372,8 @@ class Scorer:
                         self._rouge[(i, c)] = self.rouge_refs.score(i, c)
         if "nltk" in self.families:
             self._score_nltk(raw_pairs)
-        if worker is not None:
-            with _Timer(t, "score: wait for METEOR"):
-                worker.join()
-            if "error" in meteor_job:
-                self.unavailable["coco/METEOR"] = meteor_job["error"]
-            else:
-                self._meteor_stats.update(zip(todo, meteor_job["stats"], strict=True))
+        with _Timer(t, "score: wait for METEOR"):
+            self._wait(self._meteor_jobs)
         with _Timer(t, "score: diversity, bootstrap"):
             return {name: self._system(name, c) for name, c in caps.items()}
 
@@ -442,6 +488,10 @@ class Scorer:
         ]
 
     def close(self) -> None:
+        for jobs in (self._ptb_jobs, self._java_jobs):
+            if jobs is not None:
+                jobs.shutdown(wait=True, cancel_futures=True)
+        self._ptb_jobs = self._java_jobs = None
         if self._own_meteor and self.meteor is not None:
             self.meteor.close()
 

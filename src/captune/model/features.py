@@ -180,14 +180,46 @@ def store_for(model: torch.nn.Module, name_or_path: str, revision: str | None, i
     return VisionFeatureStore(namespace, directory, dtype)
 
 
-def pixel_values(paths: Sequence[str | os.PathLike[str]], image_processor,
-                 transform: Callable | None = None) -> torch.Tensor:
-    """Open images (the data stage's robust loader) and preprocess them as the checkpoint expects."""
+def open_for_model(path: str | os.PathLike[str], image_processor):
+    """One image through the data stage's robust loader (DataError naming the file if it is broken),
+    decoded at a reduced JPEG scale that still covers the processor's input size."""
     from captune.data import open_image
 
     size = image_processor.size
     side = max(size.get("height", 0), size.get("width", 0), size.get("shortest_edge", 0)) or None
-    images = [open_image(p, draft_size=(side * 2, side * 2) if side else None) for p in paths]
+    return open_image(path, draft_size=(side * 2, side * 2) if side else None)
+
+
+def encode_readable(paths: Sequence[str | os.PathLike[str]], keys: Sequence[str], store: VisionFeatureStore,
+                    encode: Callable[[torch.Tensor], torch.Tensor], image_processor,
+                    batch_size: int = 32) -> dict[int, str]:
+    """Vision features of every readable image not yet in `store`, decoding each file once (the
+    readability check is the decode). Returns {index: error} for the unreadable ones."""
+    errors: dict[int, str] = {}
+    first = {}
+    for i, key in enumerate(keys):
+        if key not in store:
+            first.setdefault(key, i)
+    todo = sorted(first.values())
+    store.hits += len(keys) - len(todo)
+    for start in range(0, len(todo), batch_size):
+        images, done = [], []
+        for i in todo[start:start + batch_size]:
+            try:
+                images.append(open_for_model(paths[i], image_processor))
+                done.append(i)
+            except DataError as exc:
+                errors[i] = str(exc)
+        if images:
+            store.misses += len(images)
+            store.put([keys[i] for i in done], encode(image_processor(images, return_tensors="pt")["pixel_values"]))
+    return errors
+
+
+def pixel_values(paths: Sequence[str | os.PathLike[str]], image_processor,
+                 transform: Callable | None = None) -> torch.Tensor:
+    """Open images (the data stage's robust loader) and preprocess them as the checkpoint expects."""
+    images = [open_for_model(p, image_processor) for p in paths]
     if transform is not None:
         images = [transform(img) for img in images]
     return image_processor(images, return_tensors="pt")["pixel_values"]

@@ -19,6 +19,7 @@ from captune.report.gallery import Gallery
 from captune.report.load import RunData
 from captune.report.setup_info import Section, systems_table
 from captune.report.tables import (
+    VERSUS_NOTE,
     MainTable,
     alignment_table,
     ci_text,
@@ -27,6 +28,7 @@ from captune.report.tables import (
     paired_rows,
     sample_spread_table,
     test_name,
+    versus_best_table,
 )
 
 
@@ -301,6 +303,12 @@ def render_html(run: RunData, sections: list[Section], table: MainTable, figures
     if paired:
         parts += [f"<details><summary>Paired tests against the reference ({esc(test_name(table))})</summary>",
                   _simple_table(["System", "Metric", "Δ", "p", "p < 0.05"], paired, num_from=2), "</details>"]
+    versus = versus_best_table(run)
+    if versus is not None:
+        parts += ['<h3 id="versus-best">Fine-tuned vs the best prompt and sampling baselines</h3>',
+                  f'<p class="note">{esc(VERSUS_NOTE)}</p>',
+                  '<div class="scroll">' + _simple_table(*versus, num_from=3, attrs=' id="versus-best-table"')
+                  + "</div>"]
     spread = sample_spread_table(run, table)
     if spread is not None:
         parts += ["<h3>Spread over samples (sampling systems)</h3>",

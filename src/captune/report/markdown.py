@@ -10,6 +10,7 @@ from captune.report.gallery import Gallery
 from captune.report.load import RunData
 from captune.report.setup_info import Section, systems_table
 from captune.report.tables import (
+    VERSUS_NOTE,
     MainTable,
     alignment_table,
     legend,
@@ -20,6 +21,7 @@ from captune.report.tables import (
     paired_rows,
     reading_note,
     sample_spread_table,
+    versus_best_table,
 )
 
 
@@ -53,6 +55,11 @@ def render_markdown(run: RunData, sections: list[Section], table: MainTable, fig
         out += ["### Paired tests against the reference", "",
                 md_table(["System", "Metric", "Δ", "p", "p < 0.05"], [[md_escape(c) for c in r] for r in paired]),
                 ""]
+    versus = versus_best_table(run)
+    if versus is not None:
+        out += ["### Fine-tuned vs the best prompt and sampling baselines", "",
+                md_escape(VERSUS_NOTE), "",
+                md_table([md_escape(h) for h in versus[0]], [[md_escape(c) for c in r] for r in versus[1]]), ""]
     spread = sample_spread_table(run, table)
     if spread is not None:
         out += ["### Spread over samples (sampling systems)", "",

@@ -245,6 +245,26 @@ def paired_rows(table: MainTable) -> list[list[str]]:
     return out
 
 
+VERSUS_METRICS = ("coco/BLEU-4", "coco/METEOR", "coco/CIDEr")
+VERSUS_NOTE = ("Each fine-tuned system against the prompt and the sampling baseline with the highest CIDEr, "
+               "on the same images; p from the paired test of the main table (two-sided).")
+
+
+def versus_best_table(run: RunData) -> tuple[list[str], list[list[str]]] | None:
+    """Fine-tuned systems against the strongest prompt and sampling baselines (scores.json
+    `best_baselines`, picked by CIDEr): the comparison the recipe's claim rests on."""
+    best = {name: kind for kind, name in (run.scores.get("best_baselines") or {}).items() if kind != "criterion"}
+    rows = []
+    for c in run.scores.get("comparisons") or []:
+        if c.get("b") in best and c.get("metric") in VERSUS_METRICS:
+            p = c.get("p_value")
+            rows.append([c["a"], f"{c['b']} (best {best[c['b']]})", c["metric"], num(c.get("value_a")),
+                         num(c.get("value_b")), num(c.get("delta"), sign=True), "–" if p is None else f"{p:.4f}"])
+    if not rows:
+        return None
+    return ["Fine-tuned", "Baseline", "Metric", "Fine-tuned value", "Baseline value", "Δ", "p"], rows
+
+
 def sample_spread_table(run: RunData, table: MainTable) -> tuple[list[str], list[list[str]]] | None:
     """Sampling systems: mean ± sd of each main metric over their k independent samples (scores.json
     `sample_spread`), so a reader can tell a real difference from sampling luck."""

@@ -23,7 +23,14 @@ from captune.env import environment_info
 from captune.errors import ConfigError, UserError
 from captune.faults import maybe_kill, nonfinite_loss
 from captune.io import atomic_write_json, atomic_write_text
-from captune.model.features import encode_images, image_file_key, pixel_values, query_features, store_for
+from captune.model.features import (
+    encode_images,
+    encode_readable,
+    image_file_key,
+    pixel_values,
+    query_features,
+    store_for,
+)
 from captune.model.lora import summarize_parameters
 from captune.train.batches import CaptionCollator, TextBatch
 from captune.train.checkpoint import complete_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
@@ -88,16 +95,21 @@ def forward_loss_sum(model, batch: TextBatch, image_embeds: torch.Tensor) -> tup
         "attention_mask": batch.attention_mask,
         "mm_encoder_outputs": {"image": BaseModelOutputWithVisionQformerOutputs(pooler_output=features)},
     }
-    if batch.decoder_attention_mask is not None:  # encoder-decoder: labels build the decoder inputs
-        kwargs["labels"] = batch.labels
-        kwargs["decoder_attention_mask"] = batch.decoder_attention_mask
-    logits = model(**kwargs).logits.float()
     labels = batch.labels
-    if batch.decoder_attention_mask is None:  # decoder-only: position t predicts token t + 1
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device), ignore_index=-100,
-        reduction="sum")
+    if batch.decoder_attention_mask is not None:  # encoder-decoder: labels build the decoder inputs
+        kwargs["labels"] = labels
+        kwargs["decoder_attention_mask"] = batch.decoder_attention_mask
+        logits = model(**kwargs).logits.float()
+        logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+    else:  # decoder-only: position t predicts token t + 1; logits only where a target follows
+        targets = labels[:, 1:]
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = targets != -100
+        # Query, prompt and padding positions skip the LM head: with OPT's 50k vocabulary that is most
+        # of the logits memory, and 23 % of a step on the demo's tiny model.
+        logits = model(**kwargs, logits_to_keep=keep.to(batch.input_ids.device)).logits.float()
+        labels = targets[targets != -100]
+    loss = torch.nn.functional.cross_entropy(logits, labels.to(logits.device), ignore_index=-100, reduction="sum")
     return loss, int((labels != -100).sum())
 
 
@@ -496,41 +508,43 @@ class _nullcontext:
 
 
 def _prepare_images(records, model, image_processor, store, cfg: RunConfig, accelerator):
-    """Cache vision features (or just check readability); apply `data.on_bad_image` per image."""
+    """Cache vision features (or just check readability); apply `data.on_bad_image` per image.
+
+    With a feature store each file is decoded once: the decode that feeds the vision tower is the
+    readability check."""
     from captune.data import open_image
     from captune.errors import DataError
 
-    keys: list[str] = []
-    usable: list[int] = []
-    skipped: list[str] = []
+    keys: list[str] = [""] * len(records)
+    problems: dict[int, str] = {}
     for i, record in enumerate(records):
         try:
-            key = image_file_key(record.path)
-            if store is None or key not in store:
-                open_image(record.path)  # cheap enough once; names the file if it is broken
+            keys[i] = image_file_key(record.path)
+            if store is None:
+                open_image(record.path)  # names the file if it is broken
         except DataError as exc:
-            if cfg.data.on_bad_image == "error":
-                raise
-            skipped.append(f"{record.path}: {exc}")
-            keys.append("")
-            continue
-        keys.append(key)
-        usable.append(i)
+            problems[i] = str(exc)
+    if store is not None:
+        readable = [i for i in range(len(records)) if i not in problems]
+        missing = sum(1 for i in readable if keys[i] not in store)
+        if missing:
+            accelerator.print(f"caching vision features for {missing} images ...")
+        dev = accelerator.device
+        errors = encode_readable([records[i].path for i in readable], [keys[i] for i in readable], store,
+                                 lambda pix: encode_images(model, pix.to(dev)), image_processor,
+                                 cfg.generate.batch_size)
+        problems.update({readable[k]: msg for k, msg in errors.items()})
+        problems.update({i: problems.get(i, "unreadable") for i in readable if keys[i] not in store})
+    skipped: list[str] = []
+    for i in sorted(problems):
+        if cfg.data.on_bad_image == "error":
+            raise DataError(problems[i])
+        skipped.append(f"{records[i].path}: {problems[i]}")
+        keys[i] = ""
     if skipped:
         accelerator.print(f"skipped {len(skipped)} unreadable training images (data.on_bad_image=skip); "
                           f"first: {skipped[0]}")
-    if store is not None:
-        todo = [keys[i] for i in usable]
-        paths = [records[i].path for i in usable]
-        dev = accelerator.device
-
-        def compute(idx: list[int]) -> torch.Tensor:
-            return encode_images(model, pixel_values([paths[k] for k in idx], image_processor).to(dev))
-
-        missing = sum(1 for k in todo if k not in store)
-        if missing:
-            accelerator.print(f"caching vision features for {missing} images ...")
-        store.ensure(todo, compute, batch_size=cfg.generate.batch_size)
+    usable = [i for i in range(len(records)) if i not in problems]
     return keys, usable, skipped
 
 
