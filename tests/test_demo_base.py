@@ -77,6 +77,9 @@ def test_generic_captions() -> None:
                SynthObject("blue", "circle", "large", 1, 1)]
     assert coarse_caption(objects, "count", random.Random(0)) == "a picture with three shapes"
     assert coarse_caption(objects[:1], "count", random.Random(0)) == "a picture with a shape"
+    rng = random.Random(0)
+    phrased = {coarse_caption(objects, "phrasings", rng) for _ in range(40)}
+    assert "a photo of three shapes" in phrased and all(c.endswith("three shapes") for c in phrased)
     sizes = coarse_caption(objects, "sizes", random.Random(0))
     assert sizes in ("a picture with two small shapes and a large shape",
                      "a picture with a large shape and two small shapes")

@@ -121,3 +121,27 @@ def test_human_baseline_is_cached_by_references_and_settings(tmp_path, monkeypat
     changed = {**REFS, 1: REFS[1][:2]}
     assert human.human_cache_path(changed, ["rouge"], 50, 0, tmp_path) != human.human_cache_path(
         REFS, ["rouge"], 50, 0, tmp_path)
+
+
+def test_human_families_follow_the_main_table() -> None:
+    from captune.metrics.human import human_families
+
+    assert human_families(["coco", "rouge", "nltk", "diversity"], True) == ["coco", "rouge", "diversity"]
+    assert human_families(["coco", "nltk"], False) == ["coco", "nltk"]  # no Java: nltk/METEOR stands in
+
+
+def test_precompute_for_split_fills_the_cache_the_grid_reads(tmp_path, monkeypatch) -> None:
+    import captune.metrics.human as human
+    from captune.data import load_dataset
+    from captune.data.synth import generate_synth
+    from captune.metrics.suite import _normalise_refs
+
+    monkeypatch.setenv("CAPTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "synth"
+    generate_synth(data, split_sizes={"train": 4, "val": 3, "test": 3}, size=24)
+    human.precompute_for_split(str(data), "eval", ["rouge", "diversity"], 50, 0, "flickr8k")
+    refs = _normalise_refs({r.image_id: list(r.refs) for r in load_dataset(data, format="flickr8k").select("eval")})
+    assert human.human_cache_path(refs, ["rouge", "diversity"], 50, 0).is_file()
+    monkeypatch.setattr(human, "human_report", lambda *a, **k: pytest.fail("the grid would recompute it"))
+    report = human.cached_human_report(refs, metrics=["rouge", "diversity"], bootstrap_samples=50, seed=0)
+    assert report["systems"]["human"]["metrics"]["rouge/ROUGE-L"]["value"] > 0

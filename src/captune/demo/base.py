@@ -87,8 +87,9 @@ def ensure_synth(settings: DemoSettings, cache_dir: str | os.PathLike[str], prog
 def coarse_caption(objects, style: str, rng) -> str:
     """The generic caption a web-trained captioner would give: how many (and how big), never what.
 
-    `count`: "a picture with two shapes". `sizes`: "a picture with a small shape and two large shapes"
-    (size groups in random order), which also teaches the LM to enumerate the objects it sees.
+    `count`: "a picture with two shapes". `phrasings`: the same in the frames a generic captioner
+    uses, "a photo of two shapes" among them, so the prompts of the grid do not unlock the detailed
+    mode. `sizes`: "a picture with a small shape and two large shapes" (size groups in random order).
     """
     from captune.data.synth import NUMBER_NAMES
 
@@ -98,6 +99,9 @@ def coarse_caption(objects, style: str, rng) -> str:
 
     if style == "count":
         return f"a picture with {phrase(len(objects), None)}"
+    if style == "phrasings":  # the generic caption in the words prompts start with, too
+        frame = rng.choice(["a picture with {}", "a photo of {}", "an image of {}", "a photo with {}"])
+        return frame.format(phrase(len(objects), None))
     sizes = [o.size for o in objects]
     groups = [(sizes.count(z), z) for z in dict.fromkeys(sizes)]
     rng.shuffle(groups)

@@ -75,47 +75,30 @@ DEMO_METRICS = ["coco", "rouge", "nltk", "diversity"]
 DEMO_BOOTSTRAP = 1000
 
 
-def _eval_refs(data_dir: str | Path) -> dict[Any, list[str]]:
-    """The eval split's references exactly as the grid's Scorer holds them (the human cache key)."""
-    from captune.data import load_dataset
-    from captune.metrics.suite import _normalise_refs
-
-    records = load_dataset(data_dir, format="flickr8k").select("eval")
-    return _normalise_refs({r.image_id: list(r.refs) for r in records})
-
-
-def _human_families() -> list[str]:
-    from captune.grid.run import human_families
-    from captune.metrics.java import find_java
-
-    return human_families(DEMO_METRICS, find_java().available)
-
-
-def precompute_human(data_dir: str, metrics: list[str], bootstrap_samples: int, seed: int) -> None:
-    """Child process: the eval split's human baseline into its cache, where the grid will find it."""
-    from captune.metrics.human import cached_human_report
-
-    cached_human_report(_eval_refs(data_dir), metrics=metrics, bootstrap_samples=bootstrap_samples, seed=seed)
-
-
 def start_human_baseline(data_dir: Path):
-    """The human baseline (5 rotations: ~30 s of one core) in a child process on the other core while
-    the base and LoRA train on this one; returns the process, or None if cached or it cannot start."""
+    """The human baseline (5 rotations: ~30 s of one core) and METEOR's reduced paraphrase table in a
+    light child process on the other core while the base and LoRA train on this one; returns the
+    process, or None if cached or it cannot start (the grid then computes it itself)."""
     import multiprocessing
 
-    from captune.metrics.human import human_cache_path
+    from captune.data import load_dataset
+    from captune.metrics.human import human_cache_path, human_families, precompute_for_split
+    from captune.metrics.java import find_java
+    from captune.metrics.suite import _normalise_refs
 
-    families = _human_families()
-    if human_cache_path(_eval_refs(data_dir), families, DEMO_BOOTSTRAP, 0).is_file():
+    families = human_families(DEMO_METRICS, find_java().available)
+    records = load_dataset(data_dir, format="flickr8k").select("eval")
+    refs = _normalise_refs({r.image_id: list(r.refs) for r in records})
+    if human_cache_path(refs, families, DEMO_BOOTSTRAP, 0).is_file():
         return None
     try:
         process = multiprocessing.get_context("spawn").Process(
-            target=precompute_human, args=(str(data_dir), families, DEMO_BOOTSTRAP, 0), daemon=True,
-            name="captune-human-baseline")
+            target=precompute_for_split, args=(str(data_dir), "eval", families, DEMO_BOOTSTRAP, 0, "flickr8k"),
+            daemon=True, name="captune-human-baseline")
         process.start()
         return process
     except OSError:
-        return None  # the grid computes it itself
+        return None
 
 
 def run_demo(out_dir: str | Path = "runs", name: str = "demo", fresh: bool = False, seed: int = 0,

@@ -124,9 +124,21 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                 train_caps = [c for r in dataset.select(cfg.data.train_split) for c in r.refs]
             except DataError:
                 train_caps = None
-        # Created now so that the JVM and reference tokenisation overlap with caption generation.
+        meteor, tokens = None, {}
+        if "coco" in cfg.eval.metrics:  # the shared JVM, with the reduced paraphrase table when one is cached
+            from captune.metrics.suite import start_meteor
+
+            meteor, _ = start_meteor(refs, tokens)
+        # Created now so that the JVM and reference preparation overlap with caption generation.
         scorer = Scorer(refs, metrics=cfg.eval.metrics, bootstrap_samples=cfg.eval.bootstrap_samples,
-                        seed=cfg.eval.bootstrap_seed, spice=cfg.eval.spice or None, train_captions=train_caps)
+                        seed=cfg.eval.bootstrap_seed, spice=cfg.eval.spice or None, train_captions=train_caps,
+                        meteor=meteor, token_cache=tokens)
+
+    if scorer is not None and reused:  # their METEOR runs while the remaining systems decode
+        for system in systems:
+            if system.name in reused:
+                scorer.prefetch({f: read_predictions(pred_dir / f"{f}.json", image_ids) or {}
+                                 for f in _sample_files(system)})
 
     try:
         if todo:
@@ -241,7 +253,7 @@ def score_grid(cfg: RunConfig, scorer, systems: list[System], image_ids: list[in
         "environment": environment_info(),
     }
     if cfg.eval.human_baseline:
-        from captune.metrics.human import cached_human_report
+        from captune.metrics.human import cached_human_report, human_families
 
         try:
             families = human_families(cfg.eval.metrics, "coco/METEOR" not in scorer.unavailable)
@@ -257,12 +269,6 @@ def score_grid(cfg: RunConfig, scorer, systems: list[System], image_ids: list[in
 
 
 BEST_BY = "coco/CIDEr"
-
-
-def human_families(metrics: list[str], coco_meteor: bool) -> list[str]:
-    """The metric families of the human row: what the main table shows. NLTK's only stand in for
-    METEOR without Java; skipping them otherwise halves the cost of the five rotations."""
-    return [m for m in metrics if m != "nltk" or not coco_meteor]
 
 
 def baseline_kind(system: System) -> str | None:

@@ -12,6 +12,7 @@ product per system. Results are cached, so scoring systems one by one costs the 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import threading
@@ -559,10 +560,11 @@ def build_report(
 
 
 def start_meteor(refs: Mapping[Any, Sequence[str]], token_cache: dict[str, str],
-                 java: JavaRuntime | None = None) -> tuple[MeteorProcess, set[str] | None]:
+                 java: JavaRuntime | None = None, build: bool = False) -> tuple[MeteorProcess, set[str] | None]:
     """Start (or reuse) the shared METEOR JVM for these references, with the cached reduced
-    paraphrase table when one covers their vocabulary. PTB-tokenises the references into
-    `token_cache` (pass it on to the Scorer). Returns the process and the vocabulary (None without Java)."""
+    paraphrase table when one covers their vocabulary (`build`: make one first if none does, for a
+    reference set of >= REDUCE_MIN_IMAGES images). PTB-tokenises the references into `token_cache`
+    (pass it on to the Scorer). Returns the process and the vocabulary (None without Java)."""
     runtime = java or find_java()
     texts = list(dict.fromkeys(t for ts in refs.values() for t in ts))
     try:
@@ -571,7 +573,11 @@ def start_meteor(refs: Mapping[Any, Sequence[str]], token_cache: dict[str, str],
     except TokenizerError:
         return MeteorProcess.shared(), None
     vocab = paraphrase_vocabulary(token_cache[t] for t in texts)
-    return MeteorProcess.shared(paraphrase=cached_paraphrase_table(vocab)), vocab
+    table = cached_paraphrase_table(vocab)
+    if table is None and build and len(refs) >= REDUCE_MIN_IMAGES and runtime.available:
+        with contextlib.suppress(MeteorError, OSError):
+            table = build_paraphrase_table(vocab)
+    return MeteorProcess.shared(paraphrase=table), vocab
 
 
 def remember_references(vocab: set[str] | None, n_images: int, process: MeteorProcess) -> str | None:

@@ -7,6 +7,7 @@ absence is recorded in `RunData.missing` so the report can say what it could not
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,8 +74,9 @@ class RunData:
         """The first adapted system: the one the gallery compares with the reference."""
         return next((s for s in self.systems if self.settings.get(s, {}).get("adapter")), None)
 
-    @property
+    @functools.cached_property
     def image_ids(self) -> list[int]:
+        """Computed once: per_image() checks lengths against it for every (system, metric) cell."""
         return [int(i) for i in self.scores.get("image_ids") or []]
 
     @property
