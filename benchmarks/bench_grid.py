@@ -73,11 +73,19 @@ def prepare(root: Path, sizes: common.ScaledSizes) -> tuple[Path, Path]:
 def grid_config(model_dir: Path, data_root: Path, out: Path, name: str, args: argparse.Namespace):
     from captune.config import load_config
 
-    return load_config(None, [
+    cfg = load_config(None, [
         f"model.name_or_path={model_dir}", f"data.path={data_root}", f"output_dir={out}", f"name={name}",
         f"generate.batch_size={args.batch}", f"generate.max_new_tokens={args.new_tokens}",
         f"generate.min_new_tokens={args.new_tokens}", "eval.human_baseline=false",
     ])
+    if getattr(args, "systems", "default") == "demo":  # the 8-system grid `captune demo` runs
+        from captune.config import config_from_dict, config_to_dict
+        from captune.demo.pipeline import DEMO_SYSTEMS
+
+        data = config_to_dict(cfg)
+        data["eval"]["systems"] = DEMO_SYSTEMS
+        cfg = config_from_dict(data)
+    return cfg
 
 
 def prompt_tokens(tokenizer, prompt: str) -> int:
@@ -158,6 +166,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--wait-tries", type=int, default=0, help="how many 60 s waits for a quiet machine")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the per-stage breakdown")
     ap.add_argument("--tiny", action="store_true", help="a tiny model: a smoke test, not a measurement")
+    ap.add_argument("--systems", choices=["default", "demo"], default="default",
+                    help="captune's default grid (11 systems) or the demo's 8 (greedy, beam 3, 2 prompts, "
+                         "nucleus, top-k + no-repeat, LoRA greedy and beam 3)")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
     common.set_threads(args.threads)
