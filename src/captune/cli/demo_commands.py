@@ -38,7 +38,9 @@ def demo_command(
     for row in result.rows:
         table.add_row(*[row[c] if isinstance(row[c], str) else ("–" if row[c] is None else f"{row[c]:.3f}")
                         for c in columns])
-    console.print(table)
+    console.print(table, width=max(console.width, 100))  # the system names fit even when piped (80 columns)
+    for line in result.versus:
+        console.print(line, width=max(console.width, 100))
     console.print(f"done in {result.timings['total']:.0f} s; run directory: {result.run_dir}")
     if result.report:
         console.print(f"report: {result.report}")

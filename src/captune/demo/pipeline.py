@@ -36,6 +36,7 @@ class DemoResult:
     report: Path | None
     timings: dict[str, float] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    versus: list[str] = field(default_factory=list)
 
 
 def default_cache_dir() -> Path:
@@ -158,7 +159,7 @@ def run_demo(out_dir: str | Path = "runs", name: str = "demo", fresh: bool = Fal
             timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     atomic_write_json(run_dir / "demo.json", {"settings": settings.to_dict(), "timings": timings})
-    return DemoResult(run_dir, report_path, timings, summary_rows(run_dir))
+    return DemoResult(run_dir, report_path, timings, summary_rows(run_dir), versus_lines(run_dir))
 
 
 SUMMARY = [("coco/BLEU-4", "BLEU-4"), ("coco/METEOR", "METEOR"), ("coco/CIDEr", "CIDEr"),
@@ -181,3 +182,15 @@ def summary_rows(run_dir: Path) -> list[dict[str, Any]]:
         row["pair rec"] = pairs.get("recall")
         rows.append(row)
     return rows
+
+
+def versus_lines(run_dir: Path, metrics: tuple[str, ...] = ("coco/BLEU-4", "coco/METEOR", "coco/CIDEr")) -> list[str]:
+    """One line per (LoRA system, best prompt / best sampling baseline): Δ and paired p per metric."""
+    scores = json.loads((run_dir / "scores.json").read_text(encoding="utf-8"))
+    best = {name: kind for kind, name in (scores.get("best_baselines") or {}).items() if kind != "criterion"}
+    tests: dict[tuple[str, str], list[str]] = {}
+    for c in scores.get("comparisons") or []:
+        if c.get("b") in best and c.get("metric") in metrics and c.get("delta") is not None:
+            tests.setdefault((c["a"], c["b"]), []).append(
+                f"{c['metric'].split('/')[-1]} {c['delta']:+.3f} (p={c['p_value']:.3f})")
+    return [f"{a} vs best {best[b]} ({b}): " + ", ".join(parts) for (a, b), parts in tests.items()]
