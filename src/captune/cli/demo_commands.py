@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -10,7 +11,7 @@ from rich.table import Table
 
 from captune.cli import app
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 110)  # piped: rich would assume 80 columns
 
 
 @app.command("demo")
@@ -38,9 +39,9 @@ def demo_command(
     for row in result.rows:
         table.add_row(*[row[c] if isinstance(row[c], str) else ("–" if row[c] is None else f"{row[c]:.3f}")
                         for c in columns])
-    console.print(table, width=max(console.width, 100))  # the system names fit even when piped (80 columns)
+    console.print(table)
     for line in result.versus:
-        console.print(line, width=max(console.width, 100))
+        console.print(line)
     console.print(f"done in {result.timings['total']:.0f} s; run directory: {result.run_dir}")
     if result.report:
         console.print(f"report: {result.report}")
