@@ -110,10 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--parallel", type=int, nargs="+", default=[1, 2], help="thread / worker counts (default 1 2)")
     ap.add_argument("--step-batch", type=int, default=8, help="training batch for the consumption side")
-    ap.add_argument("--load", type=float, default=2.0, help="wait while the 1-minute load is above this")
-    ap.add_argument("--wait-tries", type=int, default=0, help="how many 60 s waits for a quiet machine")
-    ap.add_argument("--tiny", action="store_true", help="a few images: a smoke test, not a measurement")
-    ap.add_argument("--out", help="write the results as JSON here")
+    common.add_run_args(ap, "a few images: a smoke test, not a measurement")
     args = ap.parse_args(argv)
     common.set_threads(1)
     if args.tiny:

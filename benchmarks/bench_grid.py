@@ -162,14 +162,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--new-tokens", type=int, default=20, help="exact caption length in tokens (default 20)")
     ap.add_argument("--repeats", type=int, default=2, help="rounds of both arms (default 2)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--load", type=float, default=2.0, help="wait while the 1-minute load is above this")
-    ap.add_argument("--wait-tries", type=int, default=0, help="how many 60 s waits for a quiet machine")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the per-stage breakdown")
-    ap.add_argument("--tiny", action="store_true", help="a tiny model: a smoke test, not a measurement")
     ap.add_argument("--systems", choices=["default", "demo"], default="default",
                     help="captune's default grid (11 systems) or the demo's 8 (greedy, beam 3, 2 prompts, "
                          "nucleus, top-k + no-repeat, LoRA greedy and beam 3)")
-    ap.add_argument("--out", help="write the results as JSON here")
+    common.add_run_args(ap, "a tiny model: a smoke test, not a measurement")
     args = ap.parse_args(argv)
     common.set_threads(args.threads)
     sizes = common.TINY_SIZES if args.tiny else common.ScaledSizes()

@@ -73,10 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=16, help="training batch (default 16)")
     ap.add_argument("--eval-batch", type=int, default=64, help="generation batch (default 64)")
     ap.add_argument("--new-tokens", type=int, default=8, help="exact caption length (default 8)")
-    ap.add_argument("--load", type=float, default=2.0, help="wait while the 1-minute load is above this")
-    ap.add_argument("--wait-tries", type=int, default=0, help="how many 60 s waits for a quiet machine")
-    ap.add_argument("--tiny", action="store_true", help="sizes 32 and 64: a smoke test, not a measurement")
-    ap.add_argument("--out", help="write the results as JSON here")
+    common.add_run_args(ap, "sizes 32 and 64: a smoke test, not a measurement")
     args = ap.parse_args(argv)
     common.set_threads(1)
     if args.tiny:

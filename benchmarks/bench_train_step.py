@@ -132,11 +132,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--loops", nargs="+", choices=["cached", "uncached", "peft"],
                     default=["cached", "uncached", "peft"], help="(cached and uncached always run)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
-    ap.add_argument("--load", type=float, default=2.0, help="wait while the 1-minute load is above this")
-    ap.add_argument("--wait-tries", type=int, default=0, help="how many 60 s waits for a quiet machine")
     ap.add_argument("--no-real-flops", action="store_true", help="skip counting the real model's FLOPs (~10 s)")
-    ap.add_argument("--tiny", action="store_true", help="a tiny model, 2 rounds: a smoke test, not a measurement")
-    ap.add_argument("--out", help="write the results as JSON here")
+    common.add_run_args(ap, "a tiny model, 2 rounds: a smoke test, not a measurement")
     args = ap.parse_args(argv)
     common.set_threads(args.threads)
     sizes = common.TINY_SIZES if args.tiny else common.ScaledSizes()

@@ -552,3 +552,11 @@ def with_sizes(sizes: ScaledSizes, **changes: int) -> ScaledSizes:
 
 def python_cmd() -> str:
     return " ".join([Path(sys.executable).name, *sys.argv])
+
+
+def add_run_args(ap, tiny_help: str) -> None:
+    """The options every timing benchmark takes: wait for a quiet machine, a smoke-test size, JSON output."""
+    ap.add_argument("--load", type=float, default=2.0, help="wait while the 1-minute load is above this")
+    ap.add_argument("--wait-tries", type=int, default=0, help="how many 60 s waits for a quiet machine")
+    ap.add_argument("--tiny", action="store_true", help=tiny_help)
+    ap.add_argument("--out", help="write the results as JSON here")

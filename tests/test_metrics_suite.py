@@ -141,6 +141,7 @@ def test_precompute_for_split_fills_the_cache_the_grid_reads(tmp_path, monkeypat
     generate_synth(data, split_sizes={"train": 4, "val": 3, "test": 3}, size=24)
     human.precompute_for_split(str(data), "eval", ["rouge", "diversity"], 50, 0, "flickr8k")
     refs = _normalise_refs({r.image_id: list(r.refs) for r in load_dataset(data, format="flickr8k").select("eval")})
+    assert human.split_references(str(data), "eval", "flickr8k") == refs
     assert human.human_cache_path(refs, ["rouge", "diversity"], 50, 0).is_file()
     monkeypatch.setattr(human, "human_report", lambda *a, **k: pytest.fail("the grid would recompute it"))
     report = human.cached_human_report(refs, metrics=["rouge", "diversity"], bootstrap_samples=50, seed=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from captune.model.tiny import TinySpec, build_tiny_blip2
-from captune.train.batches import IGNORE, CaptionCollator, target_caption
+from captune.train.batches import IGNORE, CaptionCollator, next_token_targets, target_caption
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +83,24 @@ def test_caption_truncation_keeps_eos(tokenizers) -> None:
 
 def test_target_caption_normalises_lightly() -> None:
     assert target_caption("  A Dog\nruns.  ") == "a dog runs"
+
+
+@pytest.mark.parametrize("family,prompt", [("opt", ""), ("opt", "a photo of"), ("t5", "a photo of")])
+def test_precompute_equals_one_by_one(tokenizers, family: str, prompt: str) -> None:
+    captions = ["A dog runs.", "two  kids\u00a0play in the WATER ...", "a", "a dog runs."]
+    batched = CaptionCollator(tokenizers[family], family, 5, 2, prompt)
+    batched.precompute(captions)
+    assert len(batched._caption_cache) == len(set(captions))
+    single = CaptionCollator(tokenizers[family], family, 5, 2, prompt)
+    assert [batched.caption_ids(c) for c in captions] == [single.caption_ids(c) for c in captions]
+
+
+def test_next_token_targets_marks_positions_before_each_target() -> None:
+    import torch
+
+    labels = torch.tensor([[IGNORE, IGNORE, 7, 8, 2], [IGNORE, 5, 2, IGNORE, IGNORE]])
+    keep, targets = next_token_targets(labels, prefix=3)
+    assert keep.shape == (2, 8)
+    assert keep[0].tolist() == [False] * 3 + [False, True, True, True, False]
+    assert keep[1].tolist() == [False] * 3 + [True, True, False, False, False]
+    assert targets.tolist() == [7, 8, 2, 5, 2]

@@ -277,58 +277,33 @@ def _batch_rows(rows: list[Row], pad_id: int) -> tuple[torch.Tensor, torch.Tenso
 def lm_loss(blip, image_tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
             labels: torch.Tensor) -> torch.Tensor:
     """Mean token loss of `[image] * Q + BOS + caption + EOS`, as Blip2 merges it (image embeds first)."""
+    from captune.train.batches import next_token_targets
+
     image = blip.language_projection(image_tokens)
     text = blip.language_model.get_input_embeddings()(ids)
     embeds = torch.cat([image, text], dim=1)
     full_mask = torch.cat([torch.ones(image.shape[:2], dtype=torch.long), mask], dim=1)
-    targets = labels[:, 1:]
-    keep = torch.zeros(embeds.shape[:2], dtype=torch.bool)
-    keep[:, image.shape[1]:-1] = targets != -100
-    # Logits only where a target follows: a third of the positions at the demo's sizes (see label_positions).
+    keep, targets = next_token_targets(labels, prefix=image.shape[1])  # a third of the positions here
     logits = blip.language_model(inputs_embeds=embeds, attention_mask=full_mask, logits_to_keep=keep).logits
-    return nn.functional.cross_entropy(logits, targets[targets != -100])
-
-
-class RowBuilder:
-    """Training rows as `CaptionCollator` builds them (OPT: BOS + prompt + caption + EOS, lowercased, no
-    final period, <= 40 caption tokens), tokenised through the fast backend with a cache: 30,000 captions
-    take 0.7 s instead of 4 s one by one."""
-
-    def __init__(self, tokenizer, max_caption_tokens: int = 40) -> None:
-        self.tok = tokenizer
-        self.max = max_caption_tokens
-        self.cache: dict[str, list[int]] = {}
-
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        todo = sorted({t for t in texts if t not in self.cache})
-        if todo:
-            for text, enc in zip(todo, self.tok.backend_tokenizer.encode_batch(todo, add_special_tokens=False),
-                                 strict=True):
-                self.cache[text] = enc.ids
-        return [self.cache[t] for t in texts]
-
-    def row(self, prompt: str, text: str) -> Row:
-        from captune.train.batches import target_caption
-
-        text = target_caption(text)
-        if prompt:
-            context = self.encode([prompt])[0]
-            full = self.encode([f"{prompt} {text}"])[0]
-            target = full[len(context):] if full[:len(context)] == context else self.encode([" " + text])[0]
-        else:
-            context, target = [], self.encode([text])[0]
-        ids = [self.tok.bos_token_id, *context, *target[:self.max], self.tok.eos_token_id]
-        return ids, [-100] * (1 + len(context)) + ids[1 + len(context):]
+    return nn.functional.cross_entropy(logits, targets)
 
 
 def pretrain_language(blip, tokenizer, image_tokens: torch.Tensor, coarse: list[list[str]],
                       fine: list[list[str]], settings: DemoSettings) -> dict[str, Any]:
     """Stage 2: projection + LM on coarse (`coarse_fraction` of the rows) and fine captions of image i,
     shown with image i's Q-Former tokens. Returns the smoothed final loss."""
+    from captune.train.batches import IGNORE, CaptionCollator
+
     s = settings
-    rows = RowBuilder(tokenizer)
-    coarse_rows = [[rows.row("", t) for t in variants] for variants in coarse]
-    fine_rows = [[rows.row("", t) for t in refs] for refs in fine]
+    collator = CaptionCollator(tokenizer, "opt", 0, 0, "", 40)  # BOS + caption + EOS, as LoRA training sees it
+    collator.precompute([t for texts in (*coarse, *fine) for t in texts])
+
+    def row(text: str) -> Row:
+        ids = [tokenizer.bos_token_id, *collator.caption_ids(text)]
+        return ids, [IGNORE, *ids[1:]]
+
+    coarse_rows = [[row(t) for t in variants] for variants in coarse]
+    fine_rows = [[row(t) for t in refs] for refs in fine]
     params = [*blip.language_model.parameters()]
     if s.lm_train_projection:
         params += list(blip.language_projection.parameters())

@@ -82,14 +82,11 @@ def start_human_baseline(data_dir: Path):
     process, or None if cached or it cannot start (the grid then computes it itself)."""
     import multiprocessing
 
-    from captune.data import load_dataset
-    from captune.metrics.human import human_cache_path, human_families, precompute_for_split
+    from captune.metrics.human import human_cache_path, human_families, precompute_for_split, split_references
     from captune.metrics.java import find_java
-    from captune.metrics.suite import _normalise_refs
 
     families = human_families(DEMO_METRICS, find_java().available)
-    records = load_dataset(data_dir, format="flickr8k").select("eval")
-    refs = _normalise_refs({r.image_id: list(r.refs) for r in records})
+    refs = split_references(str(data_dir), "eval", "flickr8k")
     if human_cache_path(refs, families, DEMO_BOOTSTRAP, 0).is_file():
         return None
     try:
@@ -184,13 +181,14 @@ def summary_rows(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def versus_lines(run_dir: Path, metrics: tuple[str, ...] = ("coco/BLEU-4", "coco/METEOR", "coco/CIDEr")) -> list[str]:
+def versus_lines(run_dir: Path) -> list[str]:
     """One line per (LoRA system, best prompt / best sampling baseline): Δ and paired p per metric."""
+    from captune.report.tables import versus_best
+
     scores = json.loads((run_dir / "scores.json").read_text(encoding="utf-8"))
-    best = {name: kind for kind, name in (scores.get("best_baselines") or {}).items() if kind != "criterion"}
-    tests: dict[tuple[str, str], list[str]] = {}
-    for c in scores.get("comparisons") or []:
-        if c.get("b") in best and c.get("metric") in metrics and c.get("delta") is not None:
-            tests.setdefault((c["a"], c["b"]), []).append(
+    lines: dict[tuple[str, str, str], list[str]] = {}
+    for kind, c in versus_best(scores):
+        if c.get("delta") is not None:
+            lines.setdefault((c["a"], kind, c["b"]), []).append(
                 f"{c['metric'].split('/')[-1]} {c['delta']:+.3f} (p={c['p_value']:.3f})")
-    return [f"{a} vs best {best[b]} ({b}): " + ", ".join(parts) for (a, b), parts in tests.items()]
+    return [f"{a} vs best {kind} ({b}): " + ", ".join(parts) for (a, kind, b), parts in lines.items()]

@@ -124,11 +124,8 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                 train_caps = [c for r in dataset.select(cfg.data.train_split) for c in r.refs]
             except DataError:
                 train_caps = None
-        from captune.metrics.java import find_java
-
         meteor, tokens = None, {}
-        if "coco" in cfg.eval.metrics and find_java().available:
-            # the shared JVM, with the reduced paraphrase table when one is cached
+        if "coco" in cfg.eval.metrics:  # the shared JVM, with the reduced paraphrase table when one is cached
             from captune.metrics.suite import start_meteor
 
             meteor, _ = start_meteor(refs, tokens)

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from captune.metrics.nltk_style import brevity_penalty
+
 REPETITION_RATE = "div/seq-rep-4"
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
@@ -141,13 +143,7 @@ def self_bleu(captions: Sequence[Sequence[str]], n: int = 4, epsilon: float = 0.
         if first_num == 0:
             scores.append(0.0)
             continue
-        if hyp_len > ref_len:
-            bp = 1.0
-        elif hyp_len == 0:
-            bp = 0.0
-        else:
-            bp = math.exp(1 - ref_len / hyp_len)
-        scores.append(bp * math.exp(math.fsum((1 / n) * lg for lg in logs)))
+        scores.append(brevity_penalty(hyp_len, ref_len) * math.exp(math.fsum((1 / n) * lg for lg in logs)))
     return float(np.mean(scores))
 
 

@@ -145,17 +145,24 @@ def human_families(metrics: Iterable[str], coco_meteor: bool) -> list[str]:
     return [m for m in metrics if m != "nltk" or not coco_meteor]
 
 
+def split_references(data_dir: str, split: str, data_format: str = "auto") -> dict[Any, list[str]]:
+    """A dataset split's references as a grid's Scorer holds them (what the human cache is keyed by)."""
+    from captune.data import load_dataset
+    from captune.metrics.suite import _normalise_refs
+
+    records = load_dataset(data_dir, format=data_format).select(split)
+    return _normalise_refs({r.image_id: list(r.refs) for r in records})
+
+
 def precompute_for_split(data_dir: str, split: str, metrics: list[str], bootstrap_samples: int, seed: int,
                          data_format: str = "auto") -> None:
     """Fill the human cache for one split of a dataset, as a grid on it will look it up; builds METEOR's
     paraphrase table reduced to the split's vocabulary first (the grid's JVM then starts in ~4 s instead
     of ~11 and holds a fraction of the memory). Torch-free: runs in a light child process (the demo
     starts one on the other core while it trains)."""
-    from captune.data import load_dataset
-    from captune.metrics.suite import _normalise_refs, start_meteor
+    from captune.metrics.suite import start_meteor
 
-    records = load_dataset(data_dir, format=data_format).select(split)
-    refs = _normalise_refs({r.image_id: list(r.refs) for r in records})
+    refs = split_references(data_dir, split, data_format)
     tokens: dict[str, str] = {}
     meteor, _ = start_meteor(refs, tokens, build=True)
     cached_human_report(refs, metrics=metrics, bootstrap_samples=bootstrap_samples, seed=seed, meteor=meteor,

@@ -248,6 +248,13 @@ class NltkReferences:
         return out
 
 
+def brevity_penalty(hyp_len: float, ref_len: float) -> float:
+    """NLTK's `brevity_penalty` (1 for a hypothesis longer than the closest reference, 0 when empty)."""
+    if hyp_len > ref_len:
+        return 1.0
+    return 0.0 if hyp_len == 0 else math.exp(1 - ref_len / hyp_len)
+
+
 def nltk_bleu(sums: Sequence[float], n: int = 4) -> list[float]:
     """NLTK corpus_bleu (weights (1/k,)*k, no smoothing) from summed stats, in NLTK's arithmetic."""
     hyp_len, ref_len = sums[0], sums[1]
@@ -255,12 +262,7 @@ def nltk_bleu(sums: Sequence[float], n: int = 4) -> list[float]:
     dens = [round(x) for x in sums[6 : 6 + n]]
     if nums[0] == 0:
         return [0.0] * n
-    if hyp_len > ref_len:
-        bp = 1.0
-    elif hyp_len == 0:
-        bp = 0.0
-    else:
-        bp = math.exp(1 - ref_len / hyp_len)
+    bp = brevity_penalty(hyp_len, ref_len)
     logs = [math.log(nu / de) if nu != 0 else _LOG_MIN for nu, de in zip(nums, dens, strict=True)]
     out = []
     for k in range(1, n + 1):

@@ -566,6 +566,8 @@ def start_meteor(refs: Mapping[Any, Sequence[str]], token_cache: dict[str, str],
     reference set of >= REDUCE_MIN_IMAGES images). PTB-tokenises the references into `token_cache`
     (pass it on to the Scorer). Returns the process and the vocabulary (None without Java)."""
     runtime = java or find_java()
+    if not runtime.available:  # an unavailable process says why; never a JVM left from an earlier run
+        return MeteorProcess(runtime), None
     texts = list(dict.fromkeys(t for ts in refs.values() for t in ts))
     try:
         todo = [t for t in texts if t not in token_cache]
@@ -574,7 +576,7 @@ def start_meteor(refs: Mapping[Any, Sequence[str]], token_cache: dict[str, str],
         return MeteorProcess.shared(), None
     vocab = paraphrase_vocabulary(token_cache[t] for t in texts)
     table = cached_paraphrase_table(vocab)
-    if table is None and build and len(refs) >= REDUCE_MIN_IMAGES and runtime.available:
+    if table is None and build and len(refs) >= REDUCE_MIN_IMAGES:
         with contextlib.suppress(MeteorError, OSError):
             table = build_paraphrase_table(vocab)
     return MeteorProcess.shared(paraphrase=table), vocab

@@ -250,16 +250,20 @@ VERSUS_NOTE = ("Each fine-tuned system against the prompt and the sampling basel
                "on the same images; p from the paired test of the main table (two-sided).")
 
 
+def versus_best(scores: dict[str, Any], metrics: tuple[str, ...] = VERSUS_METRICS) -> list[tuple[str, dict[str, Any]]]:
+    """(baseline kind, paired test) for each fine-tuned system against the strongest prompt and sampling
+    baselines (scores.json `best_baselines`, picked by CIDEr): the comparison the recipe's claim rests on."""
+    best = {name: kind for kind, name in (scores.get("best_baselines") or {}).items() if kind != "criterion"}
+    return [(best[c["b"]], c) for c in scores.get("comparisons") or []
+            if c.get("b") in best and c.get("metric") in metrics]
+
+
 def versus_best_table(run: RunData) -> tuple[list[str], list[list[str]]] | None:
-    """Fine-tuned systems against the strongest prompt and sampling baselines (scores.json
-    `best_baselines`, picked by CIDEr): the comparison the recipe's claim rests on."""
-    best = {name: kind for kind, name in (run.scores.get("best_baselines") or {}).items() if kind != "criterion"}
     rows = []
-    for c in run.scores.get("comparisons") or []:
-        if c.get("b") in best and c.get("metric") in VERSUS_METRICS:
-            p = c.get("p_value")
-            rows.append([c["a"], f"{c['b']} (best {best[c['b']]})", c["metric"], num(c.get("value_a")),
-                         num(c.get("value_b")), num(c.get("delta"), sign=True), "–" if p is None else f"{p:.4f}"])
+    for kind, c in versus_best(run.scores):
+        p = c.get("p_value")
+        rows.append([c["a"], f"{c['b']} (best {kind})", c["metric"], num(c.get("value_a")), num(c.get("value_b")),
+                     num(c.get("delta"), sign=True), "–" if p is None else f"{p:.4f}"])
     if not rows:
         return None
     return ["Fine-tuned", "Baseline", "Metric", "Fine-tuned value", "Baseline value", "Δ", "p"], rows

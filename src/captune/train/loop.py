@@ -32,7 +32,7 @@ from captune.model.features import (
     store_for,
 )
 from captune.model.lora import summarize_parameters
-from captune.train.batches import CaptionCollator, TextBatch
+from captune.train.batches import CaptionCollator, TextBatch, next_token_targets
 from captune.train.checkpoint import complete_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 
 PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -101,14 +101,9 @@ def forward_loss_sum(model, batch: TextBatch, image_embeds: torch.Tensor) -> tup
         kwargs["decoder_attention_mask"] = batch.decoder_attention_mask
         logits = model(**kwargs).logits.float()
         logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
-    else:  # decoder-only: position t predicts token t + 1; logits only where a target follows
-        targets = labels[:, 1:]
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = targets != -100
-        # Query, prompt and padding positions skip the LM head: with OPT's 50k vocabulary that is most
-        # of the logits memory, and 23 % of a step on the demo's tiny model.
+    else:  # decoder-only: position t predicts token t + 1; logits only there (23 % of a demo step)
+        keep, labels = next_token_targets(labels)
         logits = model(**kwargs, logits_to_keep=keep.to(batch.input_ids.device)).logits.float()
-        labels = targets[targets != -100]
     loss = torch.nn.functional.cross_entropy(logits, labels.to(logits.device), ignore_index=-100, reduction="sum")
     return loss, int((labels != -100).sum())
 
