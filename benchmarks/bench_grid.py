@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-breakdown", action="store_true", help="skip the per-stage breakdown")
     ap.add_argument("--systems", choices=["default", "demo"], default="default",
-                    help="captune's default grid (11 systems) or the demo's 8 (greedy, beam 3, 2 prompts, "
-                         "nucleus, top-k + no-repeat, LoRA greedy and beam 3)")
+                    help="captune's default grid (11 systems) or the demo's 8 (greedy, beam 3 + no-repeat-3, "
+                         "2 prompts, nucleus, top-k + no-repeat-2, LoRA greedy and beam 3 + no-repeat-3)")
     common.add_run_args(ap, "a tiny model: a smoke test, not a measurement")
     args = ap.parse_args(argv)
     common.set_threads(args.threads)

@@ -22,6 +22,25 @@ def test_help_and_version_from_a_shell() -> None:
     assert res.returncode == 0 and res.stdout.startswith("captune ")
 
 
+def test_exit_skips_teardown_but_runs_exit_handlers_and_waits_for_threads() -> None:
+    script = (
+        "import atexit, sys, threading, time\n"
+        "from captune.cli import run\n"
+        "atexit.register(lambda: print('handler ran'))\n"
+        "if sys.argv[1:] == ['thread']:\n"
+        "    threading.Thread(target=lambda: (time.sleep(0.5), print('thread finished'))).start()\n"
+        "sys.argv = ['captune', '--version']\n"
+        "run()\n"
+    )
+    for extra, expected in (([], ["captune ", "handler ran"]), (["thread"], ["captune ", "thread finished",
+                                                                              "handler ran"])):
+        res = subprocess.run([sys.executable, "-c", script, *extra], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        lines = res.stdout.splitlines()
+        assert [next(i for i, line in enumerate(lines) if line.startswith(e)) for e in expected] == \
+            sorted(range(len(expected))), res.stdout
+
+
 def test_inspect_real_size_from_a_shell() -> None:
     res = _run("inspect", "--model", "blip2-opt-2.7b", "--lora", "qformer+lm")
     assert res.returncode == 0, res.stderr

@@ -29,8 +29,9 @@ DPI = 110
 
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
+    fig.set_layout_engine("tight")  # laid out while drawing: bbox_inches="tight" drew every figure twice
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
 
 
@@ -146,7 +147,9 @@ def mode_collapse_figure(run: RunData, table: MainTable) -> bytes | None:
     palette = system_colours(run)
     for k, (system, c) in enumerate(counts.items()):
         if c:
-            left.plot(range(1, len(c) + 1), c, marker="o", ms=4, lw=1.6, ls=styles[k % len(styles)],
+            # Markers only where they can be told apart: thousands of them drew for 1.5 s and hid the lines.
+            left.plot(range(1, len(c) + 1), c, marker="o" if len(c) <= 40 else None, ms=4, lw=1.6,
+                      ls=styles[k % len(styles)],
                       color=palette[system], label=f"{system} ({len(c)} distinct of {sum(c)})")
     left.set_xscale("log")
     left.set_yscale("log")
