@@ -17,7 +17,9 @@ from typing import Any
 
 from captune.io import atomic_write_json
 
-# The grid the demo runs: the recipe's baselines, 8 systems (beam 3 keeps the CPU budget).
+# The grid the demo runs: the recipe's baselines, 8 systems (beam 3 keeps the CPU budget). Both beam systems
+# block repeated 3-grams: the tiny LM sometimes names one object twice and skips another (seed 0 LoRA: BLEU-4
+# 0.445 -> 0.458, CIDEr 2.45 -> 2.57); the zero-shot base gets the same decoding, so the comparison stays fair.
 DEMO_SYSTEMS: list[dict[str, Any]] = [
     {"name": "zero-shot-greedy"},
     {"name": "zero-shot-beam3-norepeat", "num_beams": 3, "no_repeat_ngram_size": 3},
