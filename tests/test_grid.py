@@ -159,3 +159,24 @@ def test_eval_cli_on_flickr8k(tmp_path: Path, flickr8k_dir: Path, tiny_model_dir
     assert main(["eval", str(cfg), "--no-progress"]) == 0
     scores = json.loads((tmp_path / "f8k" / "scores.json").read_text())
     assert scores["images"] == 24  # 12 val + 12 test
+
+
+def test_captioning_while_training_equals_one_after_the_other(trained_run: Path) -> None:
+    """The deterministic base systems captioned in a thread while LoRA trains: same adapter, same captions."""
+    from captune.pipeline import run_pipeline
+
+    results = {}
+    for name, overlap in (("sequential", False), ("overlapped", True)):
+        cfg = load_config(trained_run, [f"name={name}", "eval.metrics=[diversity]"])
+        results[name] = run_pipeline(cfg, progress=False, report=False, caption_while_training=overlap)
+    seq, par = (results[n].run_dir for n in ("sequential", "overlapped"))
+    early = {k.split("/", 2)[2] for k in results["overlapped"].timings if k.startswith("early/generate/")}
+    assert early == {"zero-shot-greedy", "zero-shot-beam3", "prompt-photo"}  # no sampling, no adapter
+    assert not any(k.startswith("early/") for k in results["sequential"].timings)
+    weights = "adapter/adapter_model.safetensors"
+    assert (seq / weights).read_bytes() == (par / weights).read_bytes()
+    files = sorted(p.name for p in (seq / "predictions").iterdir())
+    assert files and files == sorted(p.name for p in (par / "predictions").iterdir())
+    for f in files:
+        assert (seq / "predictions" / f).read_bytes() == (par / "predictions" / f).read_bytes(), f
+    assert "nucleus" in json.loads((par / "scores.json").read_text())["systems"]

@@ -7,11 +7,13 @@ always rebuilt from what is on disk.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from captune.config import RunConfig
+from captune.config import RunConfig, dump_config
 from captune.io import atomic_write_json
 
 
@@ -27,7 +29,41 @@ def training_finished(run_dir: Path) -> bool:
     return (run_dir / "train" / "summary.json").is_file() and (run_dir / "adapter" / "adapter_config.json").is_file()
 
 
-def run_pipeline(cfg: RunConfig, progress: bool = True, dataset=None, report: bool = True) -> PipelineResult:
+class _EarlyCaptions:
+    """The grid's deterministic base-model systems (no adapter, no sampling), captioned in a thread
+    while the adapter trains. Decoding spends most of its time in torch kernels that release the GIL,
+    so on a CPU the two share the cores (demo: ~10 s saved). Sampling systems wait for the main grid:
+    they seed torch's global generator, which training draws from. Their predictions are written as
+    usual, and the full grid afterwards reads them back."""
+
+    def __init__(self, cfg: RunConfig, dataset) -> None:
+        self.cfg, self.dataset = cfg, dataset
+        self.error: BaseException | None = None
+        self.timings: dict[str, float] = {}
+        self.thread = threading.Thread(target=self._run, name="captune-early-captions", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from captune.grid.run import run_grid
+
+        try:
+            result = run_grid(self.cfg, progress=False, dataset=self.dataset, score=False,
+                              select=lambda s: not s.adapter and not s.decode.do_sample)
+            self.timings = result.timings
+        except BaseException as exc:  # re-raised in the caller's thread by join()
+            self.error = exc
+
+    def join(self) -> dict[str, float]:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.timings
+
+
+def run_pipeline(cfg: RunConfig, progress: bool = True, dataset=None, report: bool = True,
+                 caption_while_training: bool = False) -> PipelineResult:
+    """`caption_while_training`: caption the grid's deterministic base-model systems in a thread while
+    the adapter trains (see `_EarlyCaptions`; for CPU runs, whose two jobs then share the cores)."""
     from captune.grid.run import run_grid
     from captune.train.checkpoint import complete_checkpoints
     from captune.train.loop import train
@@ -37,14 +73,27 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, dataset=None, report: bo
 
         dataset = load_dataset_from_config(cfg.data)
     run_dir = cfg.run_dir
-    timings: dict[str, float] = {}
+    timings: dict[str, Any] = {}
     trained = False
     t = time.perf_counter()
     if not training_finished(run_dir):
         resume = bool(complete_checkpoints(run_dir / "train" / "checkpoints"))
+        early = None
+        if caption_while_training:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if not (run_dir / "config.yaml").exists():  # the run's whole config, before a partial grid writes one
+                dump_config(cfg, run_dir / "config.yaml")
+            early = _EarlyCaptions(cfg, dataset)
         train(cfg, resume=resume, progress=progress, dataset=dataset)
         trained = True
-    timings["train"] = time.perf_counter() - t
+        timings["train"] = time.perf_counter() - t
+        if early is not None:
+            t = time.perf_counter()
+            early_timings = early.join()
+            timings["wait_early_captions"] = time.perf_counter() - t
+            timings.update({f"early/{k}": v for k, v in early_timings.items()})
+    else:
+        timings["train"] = time.perf_counter() - t
     t = time.perf_counter()
     run_grid(cfg, adapter_dir=run_dir / "adapter", progress=progress, dataset=dataset)
     timings["eval"] = time.perf_counter() - t

@@ -143,7 +143,7 @@ def run_demo(out_dir: str | Path = "runs", name: str = "demo", fresh: bool = Fal
             human.join()  # normally long done; the grid scores the human baseline itself if it failed
         timings["wait_human"] = time.perf_counter() - t
         t = time.perf_counter()
-        result = run_pipeline(cfg, progress=progress, report=False)
+        result = run_pipeline(cfg, progress=progress, report=False, caption_while_training=True)
         timings.update({f"pipeline/{k}": v for k, v in result.timings.items()})
         timings["train+grid"] = time.perf_counter() - t
         t = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,11 @@ def _sample_files(system: System) -> list[str]:
 
 
 def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bool = True,
-             dataset=None, score: bool = True) -> GridResult:
-    """Caption the eval split with every system, write predictions and scores into the run directory."""
+             dataset=None, score: bool = True, select: Callable[[System], bool] | None = None) -> GridResult:
+    """Caption the eval split with every system, write predictions and scores into the run directory.
+
+    `select` keeps only some systems (with `score=False`: a partial grid whose predictions a later
+    full run reads back, as `run_pipeline` does while the adapter trains)."""
     from captune.data import load_dataset_from_config
     from captune.generate.captioner import Captioner
     from captune.model.adapters import load_adapter
@@ -84,7 +88,12 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
     has_adapter = (adapter_path / "adapter_config.json").is_file()
     if adapter_dir and not has_adapter:
         raise UserError(f"{adapter_path}: no adapter_config.json; pass the run's adapter/ folder")
-    systems = resolve_systems(cfg, has_adapter)
+    if select is None:
+        systems = resolve_systems(cfg, has_adapter)
+    else:
+        systems = [s for s in resolve_systems(cfg, True) if select(s)]
+        if not has_adapter and any(s.adapter for s in systems):
+            raise UserError(f"{adapter_path}: the selected systems need an adapter; train first")
 
     # Same images for everyone: unreadable ones are reported and left out of every system.
     dataset = dataset if dataset is not None else load_dataset_from_config(cfg.data)

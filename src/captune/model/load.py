@@ -7,6 +7,7 @@ always fp32 (fp16 there is a known source of NaN losses); fp16 refused for T5 (o
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,11 @@ from captune.errors import ConfigError, ModelError
 Family = Literal["opt", "t5"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TINY_NAMES = {"tiny-opt": "opt", "tiny-t5": "t5"}
+
+BUILD_LOCK = threading.RLock()
+"""Held while captune builds or wraps a model. `from_pretrained` swaps torch's init functions for no-ops,
+process-wide, while it builds: a model built in another thread meanwhile (LoRA layers being created while
+a grid thread loads the base) would keep uninitialised weights."""
 
 
 @dataclass
@@ -95,6 +101,11 @@ def _quiet_transformers() -> None:
 
 def load_blip2(cfg: ModelConfig, device: str | torch.device = "cpu") -> LoadedModel:
     """Load model + processor from a hub id, a local directory, or `tiny-opt`/`tiny-t5` (built in code)."""
+    with BUILD_LOCK:
+        return _load_blip2(cfg, device)
+
+
+def _load_blip2(cfg: ModelConfig, device: str | torch.device) -> LoadedModel:
     _quiet_transformers()
     name = cfg.name_or_path
     if name in TINY_NAMES:

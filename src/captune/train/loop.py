@@ -183,7 +183,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
 
     from captune.data import load_dataset_from_config
     from captune.model.adapters import save_adapter
-    from captune.model.load import load_blip2
+    from captune.model.load import BUILD_LOCK, load_blip2
     from captune.model.lora import apply_lora
 
     t_start = time.perf_counter()
@@ -197,7 +197,6 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     if tc.augment and tc.feature_cache in ("memory", "disk"):
         raise ConfigError("config key 'train.feature_cache': augmentation changes the images every epoch; "
                           "set train.feature_cache=auto or off")
-    set_seed(tc.seed)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
@@ -208,9 +207,11 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     if not records:
         raise UserError(f"{cfg.data.path}: split {cfg.data.train_split!r} has no images; check data.train_split")
 
-    # Model
-    loaded = load_blip2(cfg.model, device=accelerator.device)
-    model, placement = apply_lora(loaded.model, cfg.lora, loaded.family)
+    # Model: seeded and built with no other thread building a model in between (see BUILD_LOCK)
+    with BUILD_LOCK:
+        set_seed(tc.seed)
+        loaded = load_blip2(cfg.model, device=accelerator.device)
+        model, placement = apply_lora(loaded.model, cfg.lora, loaded.family)
     if tc.gradient_checkpointing:
         model.get_base_model().language_model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False})
