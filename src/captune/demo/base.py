@@ -32,6 +32,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -288,13 +289,10 @@ def lm_loss(blip, image_tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Ten
     return nn.functional.cross_entropy(logits, targets)
 
 
-def pretrain_language(blip, tokenizer, image_tokens: torch.Tensor, coarse: list[list[str]],
-                      fine: list[list[str]], settings: DemoSettings) -> dict[str, Any]:
-    """Stage 2: projection + LM on coarse (`coarse_fraction` of the rows) and fine captions of image i,
-    shown with image i's Q-Former tokens. Returns the smoothed final loss."""
+def caption_rows(tokenizer, coarse: list[list[str]], fine: list[list[str]]) -> tuple[list[list[Row]], list[list[Row]]]:
+    """Stage 2's token rows: for each training image, its coarse variants and its fine captions."""
     from captune.train.batches import IGNORE, CaptionCollator
 
-    s = settings
     collator = CaptionCollator(tokenizer, "opt", 0, 0, "", 40)  # BOS + caption + EOS, as LoRA training sees it
     collator.precompute([t for texts in (*coarse, *fine) for t in texts])
 
@@ -302,8 +300,15 @@ def pretrain_language(blip, tokenizer, image_tokens: torch.Tensor, coarse: list[
         ids = [tokenizer.bos_token_id, *collator.caption_ids(text)]
         return ids, [IGNORE, *ids[1:]]
 
-    coarse_rows = [[row(t) for t in variants] for variants in coarse]
-    fine_rows = [[row(t) for t in refs] for refs in fine]
+    return [[row(t) for t in variants] for variants in coarse], [[row(t) for t in refs] for refs in fine]
+
+
+def pretrain_language(blip, tokenizer, image_tokens: torch.Tensor, rows: tuple[list[list[Row]], list[list[Row]]],
+                      settings: DemoSettings) -> dict[str, Any]:
+    """Stage 2: projection + LM on coarse (`coarse_fraction` of the rows) and fine captions of image i
+    (`caption_rows`), shown with image i's Q-Former tokens. Returns the smoothed final loss."""
+    s = settings
+    coarse_rows, fine_rows = rows
     params = [*blip.language_model.parameters()]
     if s.lm_train_projection:
         params += list(blip.language_projection.parameters())
@@ -423,30 +428,35 @@ def _build(settings: DemoSettings, cache_dir: Path, out: Path, progress: Progres
         spec = tiny_spec(settings)
         model, processor = build_tiny_blip2(spec, texts)
         model.set_attn_implementation("eager")
-    with clock("images"):
+    # Work the training stages do not wait for runs on a side thread, on the other core while they train
+    # (torch kernels and the Rust tokenizer release the GIL): the eval images, stage 2's token rows and,
+    # once stage 1 has frozen the ViT, the eval images' features. The results are the same as in sequence.
+    side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captune-base-side")
+    try:
         eval_records = load_dataset(data, format="flickr8k").select("eval")
-        pixels = pixel_values([r.path for r in records], processor.image_processor)
-        eval_pixels = pixel_values([r.path for r in eval_records], processor.image_processor)
-        targets = torch.tensor([cell_targets(o, settings.grid) for o in objects], dtype=torch.long)
+        eval_pixels = side.submit(pixel_values, [r.path for r in eval_records], processor.image_processor)
+        rows = side.submit(caption_rows, processor.tokenizer, coarse, fine)
+        with clock("images"):
+            pixels = pixel_values([r.path for r in records], processor.image_processor)
+            targets = torch.tensor([cell_targets(o, settings.grid) for o in objects], dtype=torch.long)
 
-    with clock("stage1"):
-        stats = pretrain_vision(model, pixels, targets, settings)
-    _say(progress, f"base stage 1 (ViT + Q-Former see the cells): {clock.wall['stage1']:.1f} s, Q-Former object "
-                   f"accuracy {stats['qformer_object_accuracy']}")
+        with clock("stage1"):
+            stats = pretrain_vision(model, pixels, targets, settings)
+        _say(progress, f"base stage 1 (ViT + Q-Former see the cells): {clock.wall['stage1']:.1f} s, Q-Former "
+                       f"object accuracy {stats['qformer_object_accuracy']}")
+        eval_embeds = side.submit(_vision_features, model, eval_pixels)
 
-    with clock("stage2"):
-        with torch.no_grad():
-            embeds = torch.cat([model.vision_model(pixel_values=pixels[i:i + 500]).last_hidden_state
-                                for i in range(0, pixels.shape[0], 500)])
-            tokens = torch.cat([qformer_tokens(model, embeds[i:i + 500]) for i in range(0, embeds.shape[0], 500)])
-        stats.update(pretrain_language(model, processor.tokenizer, tokens, coarse, fine, settings))
-    losses = ", ".join(f"{k} {v:.3f}" for k, v in stats.items() if k.endswith("_loss") and v is not None)
-    _say(progress, f"base stage 2 (the generic captioner): {clock.wall['stage2']:.1f} s, {losses}")
-
-    model.eval()
-    with torch.no_grad():
-        eval_embeds = torch.cat([model.vision_model(pixel_values=eval_pixels[i:i + 500]).last_hidden_state
-                                 for i in range(0, eval_pixels.shape[0], 500)])
+        with clock("stage2"):
+            embeds = _vision_features(model, pixels)
+            with torch.no_grad():
+                tokens = torch.cat([qformer_tokens(model, embeds[i:i + 500]) for i in range(0, embeds.shape[0], 500)])
+            stats.update(pretrain_language(model, processor.tokenizer, tokens, rows.result(), settings))
+        losses = ", ".join(f"{k} {v:.3f}" for k, v in stats.items() if k.endswith("_loss") and v is not None)
+        _say(progress, f"base stage 2 (the generic captioner): {clock.wall['stage2']:.1f} s, {losses}")
+        model.eval()
+        eval_embeds = eval_embeds.result()
+    finally:
+        side.shutdown(wait=True, cancel_futures=True)
     for p in model.parameters():
         p.requires_grad_(True)  # saved like any checkpoint; train() freezes what it should
     timings = clock.record()
@@ -458,6 +468,15 @@ def _build(settings: DemoSettings, cache_dir: Path, out: Path, progress: Progres
     cache_features(out, [r.path for r in (*records, *eval_records)], torch.cat([embeds, eval_embeds]),
                    feature_dir(cache_dir))
     return out
+
+
+def _vision_features(model, pixels: torch.Tensor | Future[torch.Tensor]) -> torch.Tensor:
+    """The (frozen) ViT's features of `pixels`, 500 images at a time."""
+    if isinstance(pixels, Future):
+        pixels = pixels.result()
+    with torch.no_grad():
+        return torch.cat([model.vision_model(pixel_values=pixels[i:i + 500]).last_hidden_state
+                          for i in range(0, pixels.shape[0], 500)])
 
 
 def feature_dir(cache_dir: str | os.PathLike[str]) -> Path:
