@@ -30,11 +30,11 @@ def training_finished(run_dir: Path) -> bool:
 
 
 class _EarlyCaptions:
-    """The grid's deterministic base-model systems (no adapter, no sampling), captioned in a thread
-    while the adapter trains. Decoding spends most of its time in torch kernels that release the GIL,
-    so on a CPU the two share the cores (demo: ~10 s saved). Sampling systems wait for the main grid:
-    they seed torch's global generator, which training draws from. Their predictions are written as
-    usual, and the full grid afterwards reads them back."""
+    """The grid's base-model systems (no adapter), captioned in a thread while the adapter trains.
+    Decoding spends most of its time in torch kernels that release the GIL, so on a CPU the two share
+    the cores (demo: ~10-15 s saved). Sampling draws from its own seeded generator, so neither side
+    changes the other's random numbers; beam sampling (transformers' own, from torch's global generator)
+    waits for the main grid. Predictions are written as usual; the full grid afterwards reads them back."""
 
     def __init__(self, cfg: RunConfig, dataset) -> None:
         self.cfg, self.dataset = cfg, dataset
@@ -48,7 +48,7 @@ class _EarlyCaptions:
 
         try:
             result = run_grid(self.cfg, progress=False, dataset=self.dataset, score=False,
-                              select=lambda s: not s.adapter and not s.decode.do_sample)
+                              select=lambda s: not s.adapter and not (s.decode.do_sample and s.decode.num_beams > 1))
             self.timings = result.timings
         except BaseException as exc:  # re-raised in the caller's thread by join()
             self.error = exc
@@ -62,8 +62,8 @@ class _EarlyCaptions:
 
 def run_pipeline(cfg: RunConfig, progress: bool = True, dataset=None, report: bool = True,
                  caption_while_training: bool = False) -> PipelineResult:
-    """`caption_while_training`: caption the grid's deterministic base-model systems in a thread while
-    the adapter trains (see `_EarlyCaptions`; for CPU runs, whose two jobs then share the cores)."""
+    """`caption_while_training`: caption the grid's base-model systems in a thread while the adapter
+    trains (see `_EarlyCaptions`; for CPU runs, whose two jobs then share the cores)."""
     from captune.grid.run import run_grid
     from captune.train.checkpoint import complete_checkpoints
     from captune.train.loop import train

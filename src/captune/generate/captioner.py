@@ -19,6 +19,37 @@ from captune.model.features import encode_images, query_features, unwrap
 from captune.train.batches import CaptionCollator
 
 
+def seeded_sampling(settings: DecodeSettings, seed: int):
+    """transformers' temperature / top-k / top-p warpers, then a draw from `torch.Generator(seed)`: a
+    processor list for `generate(do_sample=False)`, whose argmax then picks the drawn token. (transformers'
+    own sampling draws from torch's global generator and takes no generator argument.)"""
+    from transformers import (
+        LogitsProcessor,
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    class Draw(LogitsProcessor):
+        def __init__(self, generator: torch.Generator) -> None:
+            self.generator = generator
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            probs = torch.softmax(scores.float(), dim=-1)
+            chosen = torch.multinomial(probs, 1, generator=self.generator)
+            return torch.full_like(scores, float("-inf")).scatter_(1, chosen, 0.0)
+
+    warpers: list = []
+    if settings.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(settings.temperature))
+    if settings.top_k:
+        warpers.append(TopKLogitsWarper(top_k=settings.top_k))
+    if settings.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p=settings.top_p))
+    return LogitsProcessorList([*warpers, Draw(torch.Generator().manual_seed(seed))])
+
+
 class Captioner:
     """Captions from a (possibly peft-wrapped) BLIP-2; `adapter=False` runs the frozen base."""
 
@@ -108,11 +139,19 @@ class Captioner:
         else:
             embeds = torch.cat([features, text_embeds], dim=1)
             mask = torch.cat([torch.ones(n, q, dtype=torch.long, device=self.device), text_mask], dim=1)
-        if settings.do_sample:
-            torch.manual_seed(settings.seed if seed is None else seed)
         kwargs = settings.generate_kwargs()
         kwargs.update(pad_token_id=pad_id, eos_token_id=self.tokenizer.eos_token_id,
                       suppress_tokens=self._never_generate())
+        samples = 1
+        if settings.do_sample and settings.num_beams == 1:
+            # Sampled with a private generator, not torch's global one, so the captions do not depend on
+            # (or disturb) anything else drawing random numbers, e.g. LoRA training in another thread.
+            samples = settings.num_return_sequences
+            embeds, mask = embeds.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0)
+            kwargs.update(do_sample=False, num_return_sequences=1, top_k=None, top_p=None, temperature=None,
+                          logits_processor=seeded_sampling(settings, settings.seed if seed is None else seed))
+        elif settings.do_sample:  # beam sampling: transformers' own, from the global generator
+            torch.manual_seed(settings.seed if seed is None else seed)
         if prefix is not None and self.family == "opt" and bool(text_mask.all()):
             cache = copy.deepcopy(prefix)
             expand = settings.num_beams if settings.num_beams > 1 else settings.num_return_sequences
