@@ -167,7 +167,7 @@ def test_captioning_while_training_equals_one_after_the_other(trained_run: Path)
 
     results = {}
     for name, overlap in (("sequential", False), ("overlapped", True)):
-        cfg = load_config(trained_run, [f"name={name}", "eval.metrics=[diversity]"])
+        cfg = load_config(trained_run, [f"name={name}", "eval.metrics=[coco,diversity]"])
         results[name] = run_pipeline(cfg, progress=False, report=False, caption_while_training=overlap)
     seq, par = (results[n].run_dir for n in ("sequential", "overlapped"))
     early = {k.split("/", 2)[2] for k in results["overlapped"].timings if k.startswith("early/generate/")}
@@ -179,4 +179,10 @@ def test_captioning_while_training_equals_one_after_the_other(trained_run: Path)
     assert files and files == sorted(p.name for p in (par / "predictions").iterdir())
     for f in files:
         assert (seq / "predictions" / f).read_bytes() == (par / "predictions" / f).read_bytes(), f
-    assert "nucleus" in json.loads((par / "scores.json").read_text())["systems"]
+    scores = [json.loads((run / "scores.json").read_text())["systems"] for run in (seq, par)]
+    from captune.metrics.java import find_java
+
+    assert "nucleus" in scores[1] and "coco/CIDEr" in scores[1]["nucleus"]["metrics"]
+    assert ("coco/METEOR" in scores[1]["nucleus"]["metrics"]) == find_java().available
+    assert [{n: {k: m["value"] for k, m in r["metrics"].items()} for n, r in s.items()} for s in scores] == \
+        [{n: {k: m["value"] for k, m in r["metrics"].items()} for n, r in scores[0].items()}] * 2

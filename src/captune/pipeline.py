@@ -40,6 +40,7 @@ class _EarlyCaptions:
         self.cfg, self.dataset = cfg, dataset
         self.error: BaseException | None = None
         self.timings: dict[str, float] = {}
+        self.scorer = None  # started here, so METEOR and the reference preparation begin during training
         self.thread = threading.Thread(target=self._run, name="captune-early-captions", daemon=True)
         self.thread.start()
 
@@ -47,9 +48,9 @@ class _EarlyCaptions:
         from captune.grid.run import run_grid
 
         try:
-            result = run_grid(self.cfg, progress=False, dataset=self.dataset, score=False,
+            result = run_grid(self.cfg, progress=False, dataset=self.dataset, score=False, start_scorer=True,
                               select=lambda s: not s.adapter and not (s.decode.do_sample and s.decode.num_beams > 1))
-            self.timings = result.timings
+            self.timings, self.scorer = result.timings, result.scorer
         except BaseException as exc:  # re-raised in the caller's thread by join()
             self.error = exc
 
@@ -58,6 +59,10 @@ class _EarlyCaptions:
         if self.error is not None:
             raise self.error
         return self.timings
+
+    def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
 
 
 def run_pipeline(cfg: RunConfig, progress: bool = True, dataset=None, report: bool = True,
@@ -75,28 +80,33 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, dataset=None, report: bo
     run_dir = cfg.run_dir
     timings: dict[str, Any] = {}
     trained = False
-    t = time.perf_counter()
-    if not training_finished(run_dir):
-        resume = bool(complete_checkpoints(run_dir / "train" / "checkpoints"))
-        early = None
-        if caption_while_training:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if not (run_dir / "config.yaml").exists():  # the run's whole config, before a partial grid writes one
-                dump_config(cfg, run_dir / "config.yaml")
-            early = _EarlyCaptions(cfg, dataset)
-        train(cfg, resume=resume, progress=progress, dataset=dataset)
-        trained = True
-        timings["train"] = time.perf_counter() - t
-        if early is not None:
-            t = time.perf_counter()
-            early_timings = early.join()
-            timings["wait_early_captions"] = time.perf_counter() - t
-            timings.update({f"early/{k}": v for k, v in early_timings.items()})
-    else:
-        timings["train"] = time.perf_counter() - t
-    t = time.perf_counter()
-    run_grid(cfg, adapter_dir=run_dir / "adapter", progress=progress, dataset=dataset)
-    timings["eval"] = time.perf_counter() - t
+    early = None
+    try:
+        t = time.perf_counter()
+        if not training_finished(run_dir):
+            resume = bool(complete_checkpoints(run_dir / "train" / "checkpoints"))
+            if caption_while_training:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                if not (run_dir / "config.yaml").exists():  # the whole config, before a partial grid writes one
+                    dump_config(cfg, run_dir / "config.yaml")
+                early = _EarlyCaptions(cfg, dataset)
+            train(cfg, resume=resume, progress=progress, dataset=dataset)
+            trained = True
+            timings["train"] = time.perf_counter() - t
+            if early is not None:
+                t = time.perf_counter()
+                early_timings = early.join()
+                timings["wait_early_captions"] = time.perf_counter() - t
+                timings.update({f"early/{k}": v for k, v in early_timings.items()})
+        else:
+            timings["train"] = time.perf_counter() - t
+        t = time.perf_counter()
+        run_grid(cfg, adapter_dir=run_dir / "adapter", progress=progress, dataset=dataset,
+                 scorer=early.scorer if early is not None else None)
+        timings["eval"] = time.perf_counter() - t
+    finally:
+        if early is not None and not early.thread.is_alive():
+            early.close()
     report_path = None
     if report:
         from captune.report import build_report

@@ -36,6 +36,7 @@ class GridResult:
     skipped_images: list[str]
     scores: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    scorer: Any = None  # with start_scorer: the open Scorer, fed this run's captions
 
 
 def resolve_systems(cfg: RunConfig, with_adapter: bool) -> list[System]:
@@ -67,11 +68,14 @@ def _sample_files(system: System) -> list[str]:
 
 
 def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bool = True,
-             dataset=None, score: bool = True, select: Callable[[System], bool] | None = None) -> GridResult:
+             dataset=None, score: bool = True, select: Callable[[System], bool] | None = None,
+             scorer=None, start_scorer: bool = False) -> GridResult:
     """Caption the eval split with every system, write predictions and scores into the run directory.
 
     `select` keeps only some systems (with `score=False`: a partial grid whose predictions a later
-    full run reads back, as `run_pipeline` does while the adapter trains)."""
+    full run reads back, as `run_pipeline` does while the adapter trains). `start_scorer` (with
+    `score=False`): start the Scorer anyway, feed it these captions and return it open in
+    `GridResult.scorer`, for the later run to pass back as `scorer` (the caller closes it)."""
     from captune.data import load_dataset_from_config
     from captune.generate.captioner import Captioner
     from captune.model.adapters import load_adapter
@@ -123,8 +127,10 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                                       for n in _sample_files(s))]
     reused = [s.name for s in systems if s not in todo]
 
-    scorer = None
-    if score:
+    given = scorer
+    if scorer is not None and list(scorer.image_ids) != image_ids:
+        scorer = None  # made for other images (one became unreadable since): a fresh one below
+    if scorer is None and (score or start_scorer):
         from captune.metrics import Scorer
 
         train_caps = None
@@ -143,7 +149,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                         seed=cfg.eval.bootstrap_seed, spice=cfg.eval.spice or None, train_captions=train_caps,
                         meteor=meteor, token_cache=tokens)
 
-    if scorer is not None and reused:  # their METEOR runs while the remaining systems decode
+    if scorer is not None and reused:  # their METEOR runs while the remaining systems decode (queued once)
         for system in systems:
             if system.name in reused:
                 scorer.prefetch({f: read_predictions(pred_dir / f"{f}.json", image_ids) or {}
@@ -214,12 +220,14 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                 bar.close()
         result = GridResult(run_dir, [s.name for s in systems], [s.name for s in todo], reused, skipped,
                             timings=timings)
-        if scorer is not None:
+        if scorer is not None and score:
             t = time.perf_counter()
             result.scores = score_grid(cfg, scorer, systems, image_ids, pred_dir, skipped)
             timings["score"] = time.perf_counter() - t
+        if start_scorer and not score:
+            result.scorer, scorer = scorer, None  # handed over open
     finally:
-        if scorer is not None:
+        if scorer is not None and scorer is not given:
             scorer.close()
     timings["total"] = time.perf_counter() - t0
     atomic_write_json(run_dir / "grid_timings.json", {k: round(v, 3) for k, v in timings.items()})
