@@ -98,7 +98,7 @@ def run_cold(folder: Path, preds: list[Path], families: str, cache: str | None =
             "--out", str(folder / "scores.json"), "-q"]
     for p in preds:
         args += ["--pred", str(p)]
-    code = "import sys; from captune.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from captune.cli import run; sys.argv[0] = 'captune'; run()"  # as the console script
     env = dict(os.environ, **({"CAPTUNE_CACHE_DIR": cache} if cache else {}))
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, *args], check=True, env=env)
