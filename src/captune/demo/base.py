@@ -500,10 +500,18 @@ def cache_features(base: Path, paths: list[Path], embeds: torch.Tensor, director
 
 def save_base(out: Path, model, processor, spec, meta: dict[str, Any]) -> None:
     """`save_pretrained` layout + eager attention recorded in config.json + the build record, atomically."""
+    from transformers.utils import logging as hf_logging
+
     from captune.io import atomic_directory, atomic_write_json
 
     with atomic_directory(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # "Writing model shards" for one tiny file is noise in the demo's output
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         processor.save_pretrained(tmp)
         config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
         # `from_pretrained` reads this key back: every later load (train, grid) gets eager attention,
