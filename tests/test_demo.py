@@ -8,7 +8,7 @@ from pathlib import Path
 from captune.demo.pipeline import DEMO_SYSTEMS, run_demo
 
 
-def test_demo_runs_end_to_end_at_reduced_scale(tmp_path: Path) -> None:
+def test_demo_runs_end_to_end_at_reduced_scale(tmp_path: Path, monkeypatch, capsys) -> None:
     result = run_demo(out_dir=tmp_path / "runs", cache_dir=tmp_path / "cache", scale=0.02, lora_steps=20,
                       progress=False, say=lambda s: None, vision_steps=20, lm_steps=20)
     run = result.run_dir
@@ -27,11 +27,21 @@ def test_demo_runs_end_to_end_at_reduced_scale(tmp_path: Path) -> None:
     assert all(line.count("(p=") == 3 for line in result.versus), result.versus
     summary = json.loads((run / "train" / "summary.json").read_text())
     assert summary["parameters"]["trainable_share"] < 0.05
-    # A rerun reuses the cached dataset, base model and finished stages.
-    again = run_demo(out_dir=tmp_path / "runs", cache_dir=tmp_path / "cache", scale=0.02, lora_steps=20,
-                     progress=False, say=lambda s: None, vision_steps=20, lm_steps=20)
-    assert again.timings["base"] < result.timings["base"]
-    assert "pipeline/train" in again.timings and again.timings["pipeline/train"] < result.timings["pipeline/train"]
+    # A rerun, typed as a user would, reuses the cached dataset, base model and finished stages.
+    from captune.cli import main
+    from captune.demo import pipeline
+
+    small = pipeline.scaled_settings
+    monkeypatch.setattr(pipeline, "scaled_settings", lambda seed, scale, lora_steps, **kw: small(
+        seed, scale, 20, vision_steps=20, lm_steps=20, **kw))
+    assert main(["demo", "--scale", "0.02", "--out-dir", str(tmp_path / "runs"), "--cache-dir",
+                 str(tmp_path / "cache"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert all(s["name"] in printed for s in DEMO_SYSTEMS) and "vs best prompt" in printed
+    assert f"report: {result.report}" in printed.replace("\n", "")
+    again = json.loads((run / "demo.json").read_text())["timings"]
+    assert again["base"] < result.timings["base"]
+    assert "pipeline/train" in again and again["pipeline/train"] < result.timings["pipeline/train"]
 
 
 def test_demo_cli_rejects_bad_scale(capsys) -> None:

@@ -49,7 +49,7 @@ class _EarlyCaptions:
 
         try:
             result = run_grid(self.cfg, progress=False, dataset=self.dataset, score=False, start_scorer=True,
-                              select=lambda s: not s.adapter and not (s.decode.do_sample and s.decode.num_beams > 1))
+                              select=lambda s: not s.adapter and not s.decode.global_rng)
             self.timings, self.scorer = result.timings, result.scorer
         except BaseException as exc:  # re-raised in the caller's thread by join()
             self.error = exc

@@ -32,7 +32,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -225,8 +225,7 @@ def pretrain_vision(blip, pixels: torch.Tensor, targets: torch.Tensor, settings:
     for p in vision:
         p.requires_grad_(False)
     vm.eval()
-    with torch.no_grad():
-        embeds = torch.cat([vm(pixel_values=pixels[i:i + 500]).last_hidden_state for i in range(0, n, 500)])
+    embeds = _vision_features(blip, pixels)
 
     qformer = [*blip.qformer.parameters(), blip.query_tokens, *q_heads.parameters()]
     for p in qformer:
@@ -444,7 +443,7 @@ def _build(settings: DemoSettings, cache_dir: Path, out: Path, progress: Progres
             stats = pretrain_vision(model, pixels, targets, settings)
         _say(progress, f"base stage 1 (ViT + Q-Former see the cells): {clock.wall['stage1']:.1f} s, Q-Former "
                        f"object accuracy {stats['qformer_object_accuracy']}")
-        eval_embeds = side.submit(_vision_features, model, eval_pixels)
+        eval_embeds = side.submit(lambda: _vision_features(model, eval_pixels.result()))  # queued after it
 
         with clock("stage2"):
             embeds = _vision_features(model, pixels)
@@ -470,13 +469,12 @@ def _build(settings: DemoSettings, cache_dir: Path, out: Path, progress: Progres
     return out
 
 
-def _vision_features(model, pixels: torch.Tensor | Future[torch.Tensor]) -> torch.Tensor:
-    """The (frozen) ViT's features of `pixels`, 500 images at a time."""
-    if isinstance(pixels, Future):
-        pixels = pixels.result()
+def _vision_features(model, pixels: torch.Tensor) -> torch.Tensor:
+    """The (frozen) ViT's features of `pixels` (`encode_images`), 500 images at a time."""
+    from captune.model.features import encode_images
+
     with torch.no_grad():
-        return torch.cat([model.vision_model(pixel_values=pixels[i:i + 500]).last_hidden_state
-                          for i in range(0, pixels.shape[0], 500)])
+        return torch.cat([encode_images(model, pixels[i:i + 500]) for i in range(0, pixels.shape[0], 500)])
 
 
 def feature_dir(cache_dir: str | os.PathLike[str]) -> Path:

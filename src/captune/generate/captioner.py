@@ -143,14 +143,14 @@ class Captioner:
         kwargs.update(pad_token_id=pad_id, eos_token_id=self.tokenizer.eos_token_id,
                       suppress_tokens=self._never_generate())
         samples = 1
-        if settings.do_sample and settings.num_beams == 1:
+        if settings.do_sample and not settings.global_rng:
             # Sampled with a private generator, not torch's global one, so the captions do not depend on
             # (or disturb) anything else drawing random numbers, e.g. LoRA training in another thread.
             samples = settings.num_return_sequences
             embeds, mask = embeds.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0)
             kwargs.update(do_sample=False, num_return_sequences=1, top_k=None, top_p=None, temperature=None,
                           logits_processor=seeded_sampling(settings, settings.seed if seed is None else seed))
-        elif settings.do_sample:  # beam sampling: transformers' own, from the global generator
+        elif settings.global_rng:  # beam sampling: transformers' own
             torch.manual_seed(settings.seed if seed is None else seed)
         if prefix is not None and self.family == "opt" and bool(text_mask.all()):
             cache = copy.deepcopy(prefix)

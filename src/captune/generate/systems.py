@@ -36,6 +36,12 @@ class DecodeSettings:
     num_return_sequences: int = 1
     seed: int = 0
 
+    @property
+    def global_rng(self) -> bool:
+        """Beam sampling draws from torch's global generator (transformers' own sampling); plain sampling
+        uses a private seeded one (`captioner.seeded_sampling`) and is safe beside other threads."""
+        return self.do_sample and self.num_beams > 1
+
     def generate_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,
