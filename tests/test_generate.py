@@ -36,10 +36,13 @@ def captioner(request, tiny_model_dirs) -> Captioner:
     loaded = load_blip2(ModelConfig(name_or_path=str(tiny_model_dirs[family])))
     torch.manual_seed(0)  # lora_A's init: the same model whatever ran before
     model, _ = apply_lora(loaded.model, LoraConfig(), family)
+    # The tiny OPT copies its last input token (tied embeddings), so it answers BOS with EOS: empty captions.
+    # A stronger adapter makes both families write varied, non-empty captions, so the tests below can fail.
+    std = {"opt": 3.0, "t5": 0.3}[family]
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+                p.normal_(0, std, generator=torch.Generator().manual_seed(1))
     model.eval()
     return Captioner(model, loaded.processor, family)
 
@@ -148,23 +151,57 @@ def test_decoding_options_act(captioner: Captioner, images: list[str]) -> None:
                                                                          for c in base)
 
 
+def _generated_ids(captioner: Captioner, embeds: torch.Tensor, settings: DecodeSettings) -> list[tuple]:
+    """(LM inputs, generated ids) of each image, recorded from the `generate` call the captioner makes."""
+    lm = captioner.blip.language_model
+    calls: list[tuple] = []
+    real = lm.generate
+
+    def spy(**kwargs):
+        out = real(**kwargs)
+        calls.append((kwargs["inputs_embeds"], kwargs["attention_mask"], out))
+        return out
+
+    lm.generate = spy
+    try:
+        captioner.caption_embeds(embeds, settings, True, batch_size=1)
+    finally:
+        del lm.generate
+    return calls
+
+
+def _log_prob(captioner: Captioner, inputs: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor) -> float:
+    """Sum of log p(token) over the generated tokens up to and including EOS: beam search's own objective
+    with length_penalty 0. Scored on the ids generate emitted (re-tokenising decoded text can split them
+    differently, e.g. 'ntnt' -> 'n', 'tn', 't')."""
+    lm = captioner.blip.language_model
+    eos = captioner.tokenizer.eos_token_id
+    with captioner.adapter_context(True), torch.no_grad():
+        if captioner.family == "t5":  # ids start with the decoder start token
+            logits = lm(inputs_embeds=inputs, attention_mask=mask, decoder_input_ids=ids[None, :-1]).logits[0]
+            targets = ids[1:]
+        else:  # ids are the new tokens only; the model saw them after the prompt embeddings
+            full = torch.cat([inputs, lm.get_input_embeddings()(ids[None])], dim=1)
+            full_mask = torch.cat([mask, torch.ones_like(ids[None])], dim=1)
+            logits = lm(inputs_embeds=full, attention_mask=full_mask).logits[0, inputs.shape[1] - 1:-1]
+            targets = ids
+        logp = torch.log_softmax(logits.float(), -1).gather(1, targets[:, None])[:, 0]
+    ends = (targets == eos).nonzero()
+    length = int(ends[0]) + 1 if len(ends) else len(targets)
+    return float(logp[:length].sum())
+
+
 def test_beam_search_finds_likelier_captions(captioner: Captioner, images: list[str]) -> None:
     """Beam search (length_penalty 0 = raw log-prob) scores at least as high as greedy under the model."""
-    from captune.train.batches import CaptionCollator
-    from captune.train.loop import forward_loss_sum
-
     embeds = encode_images(captioner.model, pixel_values(images, captioner.processor.image_processor))
-    greedy = captioner.caption_embeds(embeds, DecodeSettings(max_new_tokens=6), True)
-    beam = captioner.caption_embeds(embeds, DecodeSettings(max_new_tokens=6, num_beams=4, length_penalty=0.0), True)
-    cfg = captioner.blip.config
-    collator = CaptionCollator(captioner.tokenizer, captioner.family, cfg.image_token_index, cfg.num_query_tokens, "")
-    better = 0
-    for i in range(len(images)):
-        with torch.no_grad():
-            lg, _ = forward_loss_sum(captioner.model, collator([greedy[i][0]]), embeds[i:i + 1])
-            lb, _ = forward_loss_sum(captioner.model, collator([beam[i][0]]), embeds[i:i + 1])
-        better += int(lb <= lg + 1e-4)
-    assert better >= len(images) - 1
+    greedy = _generated_ids(captioner, embeds, DecodeSettings(max_new_tokens=6))
+    beam = _generated_ids(captioner, embeds, DecodeSettings(max_new_tokens=6, num_beams=4, length_penalty=0.0))
+    scores = [(_log_prob(captioner, *g[:2], g[2][0]), _log_prob(captioner, *b[:2], b[2][0]))
+              for g, b in zip(greedy, beam, strict=True)]
+    assert len(scores) == len(images) and all(lg < 0 for lg, _ in scores)  # real, non-empty captions scored
+    # Beam search is not guaranteed to beat greedy, but on 5 images it should at least match it 4 times.
+    assert sum(lb >= lg - 1e-4 for lg, lb in scores) >= len(images) - 1, scores
+    assert sum(lb for _, lb in scores) >= sum(lg for lg, _ in scores) - 1e-4, scores
 
 
 def test_caption_cli_json_and_table(tiny_model_dirs, images: list[str], capsys, tmp_path: Path) -> None:
