@@ -5,13 +5,15 @@ images, same systems (captune's default grid: 9 base systems + 2 LoRA systems), 
 `--new-tokens` long (min_new_tokens = max_new_tokens, so a random model's early EOS cannot hide decoding):
 
   grid         `captune.grid.run.run_grid(cfg, score=False)`: open/check images, preprocess + ViT once per
-               image, Q-Former once per adapter state, then every system decodes from the shared features
-               (model loading excluded: the independent arm gets its model for free)
+               image, Q-Former once per adapter state, then every system decodes from the shared features,
+               systems whose rows line up sharing one generate call per batch (model loading excluded: the
+               independent arm gets its model for free)
   independent  for each system `Captioner.caption_paths`: pixel preprocessing + ViT + Q-Former + generate
+  grid-unfused with --unfused: run_grid(fuse=False), one generate call per system and batch
 
-Both arms must give identical captions (checked). Then the grid's time is split into preprocessing, ViT,
-Q-Former, prefill (the query + prompt positions, once per beam) and decoding, and the FLOP-based upper
-bound of the speed-up is computed for the scaled and the real model.
+All arms must give identical captions (checked). Then the grid's time is split into preprocessing, ViT,
+Q-Former, prefill (the query + prompt positions, once per beam) and decoding (each system timed on its own),
+and the FLOP-based upper bound of the speed-up is computed for the scaled and the real model.
 
     python benchmarks/bench_grid.py                 # 8 images, 2 rounds
     python benchmarks/bench_grid.py --tiny          # seconds: smoke test
@@ -78,14 +80,28 @@ def grid_config(model_dir: Path, data_root: Path, out: Path, name: str, args: ar
         f"generate.batch_size={args.batch}", f"generate.max_new_tokens={args.new_tokens}",
         f"generate.min_new_tokens={args.new_tokens}", "eval.human_baseline=false",
     ])
-    if getattr(args, "systems", "default") == "demo":  # the 8-system grid `captune demo` runs
+    chosen = getattr(args, "systems", "default")
+    if chosen != "default":
         from captune.config import config_from_dict, config_to_dict
         from captune.demo.pipeline import DEMO_SYSTEMS
 
         data = config_to_dict(cfg)
-        data["eval"]["systems"] = DEMO_SYSTEMS
+        data["eval"]["systems"] = DEMO_SYSTEMS if chosen == "demo" else ISSUE_SYSTEMS
         cfg = config_from_dict(data)
     return cfg
+
+
+# The 8 systems of the grid issue's prototype: greedy, beam 3, three prompts, nucleus, top-k, LoRA greedy.
+ISSUE_SYSTEMS = [
+    {"name": "zero-shot-greedy"},
+    {"name": "zero-shot-beam3", "num_beams": 3},
+    {"name": "prompt-photo", "prompt": "a photo of"},
+    {"name": "prompt-picture", "prompt": "a picture of"},
+    {"name": "prompt-question", "prompt": "Question: what is in this image? Answer:"},
+    {"name": "sample-nucleus-0.9", "do_sample": True, "top_p": 0.9},
+    {"name": "sample-topk-50", "do_sample": True, "top_k": 50, "temperature": 0.7},
+    {"name": "lora-greedy", "adapter": True},
+]
 
 
 def prompt_tokens(tokenizer, prompt: str) -> int:
@@ -163,9 +179,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=2, help="rounds of both arms (default 2)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-breakdown", action="store_true", help="skip the per-stage breakdown")
-    ap.add_argument("--systems", choices=["default", "demo"], default="default",
-                    help="captune's default grid (11 systems) or the demo's 8 (greedy, beam 3 + no-repeat-3, "
-                         "2 prompts, nucleus, top-k + no-repeat-2, LoRA greedy and beam 3 + no-repeat-3)")
+    ap.add_argument("--unfused", action="store_true",
+                    help="also time the grid with one generate call per system (run_grid(fuse=False))")
+    ap.add_argument("--systems", choices=["default", "demo", "issue"], default="default",
+                    help="captune's default grid (11 systems), the demo's 8 (greedy, beam 3 + no-repeat-3, "
+                         "2 prompts, nucleus, top-k + no-repeat-2, LoRA greedy and beam 3 + no-repeat-3) or the "
+                         "grid issue's prototype 8 (greedy, beam 3, 3 prompts, nucleus, top-k, LoRA greedy)")
     common.add_run_args(ap, "a tiny model: a smoke test, not a measurement")
     args = ap.parse_args(argv)
     common.set_threads(args.threads)
@@ -204,16 +223,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 independent[s.name] = [c[0] for c in out]
 
         grid_runs: list[dict[str, float]] = []
+        unfused_runs: list[dict[str, float]] = []
 
-        def run_the_grid() -> None:
-            cfg = grid_config(model_dir, root / "data", root / "runs", f"grid{len(grid_runs)}", args)
-            start = time.perf_counter()
-            result = run_grid(cfg, adapter_dir=adapter_dir, progress=False, dataset=dataset, score=False)
-            timings = dict(result.timings, wall=time.perf_counter() - start)
-            grid_runs.append(timings)
+        def grid_arm(runs: list[dict[str, float]], fuse: bool):
+            def run_the_grid() -> None:
+                name = f"grid{len(runs)}" if fuse else f"unfused{len(runs)}"
+                cfg = grid_config(model_dir, root / "data", root / "runs", name, args)
+                start = time.perf_counter()
+                result = run_grid(cfg, adapter_dir=adapter_dir, progress=False, dataset=dataset, score=False,
+                                  fuse=fuse)
+                runs.append(dict(result.timings, wall=time.perf_counter() - start))
+            return run_the_grid
 
+        arms = {"grid": grid_arm(grid_runs, True), "independent": run_independent}
+        if args.unfused:
+            arms["grid-unfused"] = grid_arm(unfused_runs, False)
         load = common.wait_for_quiet(args.load, args.wait_tries)
-        times = common.interleaved({"grid": run_the_grid, "independent": run_independent}, args.repeats, warmup=0)
+        times = common.interleaved(arms, args.repeats, warmup=0)
         grid_net = [g["wall"] - g.get("load_model", 0.0) for g in grid_runs]
         ratio = common.paired_ratio(times["independent"], grid_net)
         pred_dir = root / "runs" / "grid0" / "predictions"
@@ -227,6 +253,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"independent systems:                  {st_ind}; "
               f"{len(records) * len(systems) / st_ind.median:.1f} captions/s")
         print(f"speed-up of the grid: {ratio:.2f}x (median of paired rounds); identical captions: {same}")
+        unfused_net: list[float] = []
+        if args.unfused:
+            unfused_net = [g["wall"] - g.get("load_model", 0.0) for g in unfused_runs]
+            same_unfused = all(
+                read_predictions(root / "runs" / "unfused0" / "predictions" / f"{s.name}.json", ids)
+                == read_predictions(pred_dir / f"{s.name}.json", ids) for s in systems)
+            print(f"grid without fusing systems into shared generate calls: {common.stats(unfused_net)}; fusing "
+                  f"gains {common.paired_ratio(unfused_net, grid_net):.2f}x; identical captions: {same_unfused}")
         stages = {k: v for k, v in grid_runs[-1].items() if not k.startswith("generate/")}
         stages["generate"] = sum(v for k, v in grid_runs[-1].items() if k.startswith("generate/"))
         print("run_grid's own timings (last round): " + ", ".join(f"{k} {common.fmt_s(v)}" for k, v in stages.items()))
@@ -262,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"stages once, beams not counted)")
     results = {"machine": info, "sizes": sizes.__dict__, "images": len(records), "systems": [s.name for s in systems],
                "new_tokens": args.new_tokens, "batch": args.batch, "grid_s": grid_net, "grid_timings": grid_runs,
+               "grid_unfused_s": unfused_net,
                "independent_s": times["independent"], "speedup": ratio, "identical_captions": same,
                "flops": bounds, "breakdown_s": parts, "load_before": load, "peak_rss_mib": common.peak_rss_mib()}
     print(f"peak RSS: {results['peak_rss_mib']:.0f} MiB")

@@ -233,3 +233,33 @@ def test_shared_image_prefill_gives_identical_captions(captioner: Captioner, ima
             plain = captioner.generate_from_features(feats, settings, adapter, seed=5)
             shared = captioner.generate_from_features(feats, settings, adapter, seed=5, prefix=prefix)
             assert plain == shared, settings
+
+
+def test_fused_systems_equal_separate_calls(captioner: Captioner, images: list[str]) -> None:
+    """Systems sharing one generate call (greedy, penalties, sampling with several draws, beams with
+    equal settings) give exactly the captions of one call each."""
+    from captune.generate.captioner import DecodeJob
+
+    embeds = encode_images(captioner.model, pixel_values(images, captioner.processor.image_processor))
+    feats = captioner.lm_inputs(embeds, adapter=True)
+    prefix = captioner.prefix_cache(feats, True)
+    base = DecodeSettings(max_new_tokens=7)
+    settings = {
+        "greedy": base,
+        "nucleus": replace(base, do_sample=True, top_p=0.9, temperature=1.5, num_return_sequences=2),
+        "topk-norepeat": replace(base, do_sample=True, top_k=5, no_repeat_ngram_size=2),
+        "repetition": replace(base, repetition_penalty=1.5),
+        "beam-a": replace(base, num_beams=3, no_repeat_ngram_size=2),
+        "beam-b": replace(base, num_beams=3, no_repeat_ngram_size=2, seed=9),
+        "beam-other": replace(base, num_beams=2),
+        "prompt": replace(base, prompt="a photo of"),
+    }
+    jobs = [DecodeJob(feats, s, True, seed=i, prefix=prefix, name=name) for i, (name, s) in enumerate(settings.items())]
+    timings: dict[str, float] = {}
+    fused = captioner.generate_jobs(jobs, timings=timings)
+    assert fused == captioner.generate_jobs(jobs, fuse=False)
+    assert fused[0] == captioner.generate_from_features(feats, base, True)
+    assert "generate/greedy+nucleus+topk-norepeat+repetition" in timings
+    assert "generate/beam-a+beam-b" in timings and "generate/beam-other" in timings
+    assert all(len(c) == 2 for c in fused[1]) and any(c[0] != c[1] for c in fused[1])  # two different draws
+    assert fused[0] != fused[3] or fused[0] != fused[2]  # the per-row settings acted

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -96,13 +97,22 @@ def test_grid_equals_independent_runs(trained_run: Path) -> None:
     records = load_dataset_from_config(cfg.data).select("eval")
     loaded = load_blip2(cfg.model)
     captioner = Captioner(load_adapter(loaded.model, adapter), loaded.processor, loaded.family)
+    paths = [r.path for r in records]
     for sc in cfg.eval.systems:
         system = system_from(sc, cfg.generate)
-        if system.decode.do_sample:
+        if system.decode.do_sample:  # sample k draws with seed + 1000 k, batch by batch as the grid does
+            for k, name in enumerate([system.name] + [f"{system.name}.sample-{j}" for j in range(1, system.samples)]):
+                settings = replace(system.decode, seed=system.decode.seed + 1000 * k)
+                alone = captioner.caption_paths(paths, settings, system.adapter, batch_size=cfg.generate.batch_size)
+                grid = json.loads((cfg.run_dir / "predictions" / f"{name}.json").read_text())
+                assert [c[0] for c in alone] == [r["caption"] for r in grid], name
             continue
-        alone = captioner.caption_paths([r.path for r in records], system.decode, system.adapter, batch_size=7)
+        alone = captioner.caption_paths(paths, system.decode, system.adapter, batch_size=7)
         grid = json.loads((cfg.run_dir / "predictions" / f"{system.name}.json").read_text())
         assert [c[0] for c in alone] == [r["caption"] for r in grid], system.name
+    # the greedy and sampled base systems shared their generate calls
+    timings = json.loads((cfg.run_dir / "grid_timings.json").read_text())
+    assert "generate/zero-shot-greedy+nucleus+nucleus.sample-1" in timings
 
 
 def _grid_child(cfg, adapter, fault: str) -> None:
@@ -170,8 +180,9 @@ def test_captioning_while_training_equals_one_after_the_other(trained_run: Path)
         cfg = load_config(trained_run, [f"name={name}", "eval.metrics=[coco,diversity]"])
         results[name] = run_pipeline(cfg, progress=False, report=False, caption_while_training=overlap)
     seq, par = (results[n].run_dir for n in ("sequential", "overlapped"))
-    early = {k.split("/", 2)[2] for k in results["overlapped"].timings if k.startswith("early/generate/")}
-    assert early == {"zero-shot-greedy", "zero-shot-beam3", "prompt-photo", "nucleus"}  # no adapter
+    early = {name for k in results["overlapped"].timings if k.startswith("early/generate/")
+             for name in k.split("/", 2)[2].split("+")}
+    assert early == {"zero-shot-greedy", "zero-shot-beam3", "prompt-photo", "nucleus", "nucleus.sample-1"}  # no adapter
     assert not any(k.startswith("early/") for k in results["sequential"].timings)
     weights = "adapter/adapter_model.safetensors"
     assert (seq / weights).read_bytes() == (par / weights).read_bytes()

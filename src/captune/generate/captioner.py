@@ -2,15 +2,19 @@
 
 The LM is called with `inputs_embeds` only (image features + embedded BOS/prompt), so its output is
 the new tokens alone: the prompt cannot be echoed. OPT batches are left-padded when prompts differ in
-length, so batched decoding equals one-by-one decoding.
+length, so batched decoding equals one-by-one decoding. Systems of one batch whose rows line up (same
+adapter state and prompt length) can share one `generate` call (`generate_jobs`), each keeping its own
+penalties and seeded sampling on its rows: the same captions, fewer and larger matrix products.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
+import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -23,22 +27,7 @@ def seeded_sampling(settings: DecodeSettings, seed: int):
     """transformers' temperature / top-k / top-p warpers, then a draw from `torch.Generator(seed)`: a
     processor list for `generate(do_sample=False)`, whose argmax then picks the drawn token. (transformers'
     own sampling draws from torch's global generator and takes no generator argument.)"""
-    from transformers import (
-        LogitsProcessor,
-        LogitsProcessorList,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    class Draw(LogitsProcessor):
-        def __init__(self, generator: torch.Generator) -> None:
-            self.generator = generator
-
-        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            probs = torch.softmax(scores.float(), dim=-1)
-            chosen = torch.multinomial(probs, 1, generator=self.generator)
-            return torch.full_like(scores, float("-inf")).scatter_(1, chosen, 0.0)
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     warpers: list = []
     if settings.temperature != 1.0:
@@ -47,7 +36,64 @@ def seeded_sampling(settings: DecodeSettings, seed: int):
         warpers.append(TopKLogitsWarper(top_k=settings.top_k))
     if settings.top_p < 1.0:
         warpers.append(TopPLogitsWarper(top_p=settings.top_p))
-    return LogitsProcessorList([*warpers, Draw(torch.Generator().manual_seed(seed))])
+    return LogitsProcessorList([*warpers, _Draw(torch.Generator().manual_seed(seed))])
+
+
+class _Draw:
+    """The sampling step as a logits processor: every score but the drawn token's becomes -inf."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float(), dim=-1)
+        chosen = torch.multinomial(probs, 1, generator=self.generator)
+        return torch.full_like(scores, float("-inf")).scatter_(1, chosen, 0.0)
+
+
+def _row_processors(settings: DecodeSettings, seed: int) -> list:
+    """A greedy or sampled system's own logits processing (penalties, then warpers + draw when sampling).
+    Applied to its rows only, so systems with other settings can share one `generate` call. transformers
+    applies the same penalties before its -inf masks (min_new_tokens, suppress_tokens); both orders give the
+    same scores, as a penalty leaves -inf at -inf."""
+    from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    out: list = []
+    if settings.repetition_penalty != 1.0:
+        out.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
+    if settings.no_repeat_ngram_size > 0:
+        out.append(NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size))
+    if settings.do_sample:
+        out.extend(seeded_sampling(settings, seed))
+    return out
+
+
+class _PerRows:
+    """Each slice of rows gets its own processors (one system of a fused `generate` call each)."""
+
+    def __init__(self, slices: list[tuple[int, int, list]]) -> None:
+        self.slices = [(a, b, procs) for a, b, procs in slices if procs]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for a, b, procs in self.slices:
+            part = scores[a:b]
+            for proc in procs:
+                part = proc(input_ids[a:b], part)
+            scores[a:b] = part
+        return scores
+
+
+@dataclass
+class DecodeJob:
+    """One system's captions for one batch: LM inputs in one adapter state, decoding settings, seed."""
+
+    features: torch.Tensor
+    settings: DecodeSettings
+    adapter: bool
+    seed: int | None = None
+    prefix: Any = None  # Captioner.prefix_cache(features, adapter): the image positions' keys/values
+    prompts: Sequence[str] | None = None  # one per row; default: settings.prompt for every row
+    name: str = ""  # for timings
 
 
 class Captioner:
@@ -114,11 +160,52 @@ class Captioner:
         `prefix`: a `prefix_cache` of these features; generation then starts after the image positions
         (identical output, the image prefill is not recomputed). Ignored when rows need padding.
         """
+        return self.generate_jobs([DecodeJob(features, settings, adapter, seed, prefix, prompts)])[0]
+
+    def _fusion_key(self, job: DecodeJob) -> tuple | None:
+        """Jobs with equal keys run as one `generate` call with exactly their separate outputs: same
+        adapter state, same prompt length (no padding between them, so every row sees the same positions),
+        same lengths; greedy and sampled systems keep their own processors per row (`_PerRows`), beam
+        systems must agree on every setting. None: runs alone."""
+        s = job.settings
+        rows = self._prompt_rows([s.prompt] if job.prompts is None else job.prompts)
+        if len({len(r) for r in rows}) > 1:
+            return None
+        shape = (job.adapter, len(rows[0]), s.max_new_tokens, s.min_new_tokens, job.prefix is not None,
+                 tuple(job.features.shape[1:]), job.features.dtype)
+        if s.num_beams == 1 and (s.do_sample or s.num_return_sequences == 1):
+            return ("rows", *shape)
+        if s.num_beams > 1 and not s.do_sample:
+            return ("beams", replace(s, prompt="", seed=0), *shape)
+        return None
+
+    @torch.no_grad()
+    def generate_jobs(self, jobs: Sequence[DecodeJob], fuse: bool = True,
+                      timings: dict[str, float] | None = None) -> list[list[list[str]]]:
+        """Captions of each job, as `generate_from_features` gives them one by one, with compatible jobs
+        (e.g. the greedy, nucleus and top-k systems of one batch) fused into one `generate` call: bigger
+        matrix products and one decoding loop instead of several. `timings` gets each call's seconds
+        under `generate/<job name>+<job name>...`."""
+        groups: dict[Any, list[int]] = {}
+        for i, job in enumerate(jobs):
+            key = self._fusion_key(job) if fuse else None
+            groups.setdefault(("alone", i) if key is None else key, []).append(i)
+        out: list[list[list[str]]] = [[] for _ in jobs]
+        for members in groups.values():
+            start = time.perf_counter()
+            for i, captions in zip(members, self._generate_group([jobs[i] for i in members]), strict=True):
+                out[i] = captions
+            if timings is not None:
+                key = "generate/" + "+".join(jobs[i].name for i in members)
+                timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+        return out
+
+    def _lm_embeds(self, features: torch.Tensor, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Image features + embedded BOS/prompt rows (left-padded for OPT), their mask, and whether no row
+        needed padding."""
         n = features.shape[0]
-        prompts = list(prompts) if prompts is not None else [settings.prompt] * n
         rows = self._prompt_rows(prompts)
-        lm = self.blip.language_model
-        embed = lm.get_input_embeddings()
+        embed = self.blip.language_model.get_input_embeddings()
         width = max(len(r) for r in rows)
         pad_id = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=self.device)
@@ -139,33 +226,63 @@ class Captioner:
         else:
             embeds = torch.cat([features, text_embeds], dim=1)
             mask = torch.cat([torch.ones(n, q, dtype=torch.long, device=self.device), text_mask], dim=1)
-        kwargs = settings.generate_kwargs()
-        kwargs.update(pad_token_id=pad_id, eos_token_id=self.tokenizer.eos_token_id,
+        return embeds, mask, bool(text_mask.all())
+
+    def _generate_group(self, jobs: list[DecodeJob]) -> list[list[list[str]]]:
+        """One `generate` call for jobs that `_fusion_key` says may share it (or a single job)."""
+        from transformers import DynamicCache, LogitsProcessorList
+
+        first = jobs[0].settings
+        kwargs = first.generate_kwargs()
+        kwargs.update(pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
                       suppress_tokens=self._never_generate())
-        samples = 1
-        if settings.do_sample and not settings.global_rng:
-            # Sampled with a private generator, not torch's global one, so the captions do not depend on
-            # (or disturb) anything else drawing random numbers, e.g. LoRA training in another thread.
-            samples = settings.num_return_sequences
-            embeds, mask = embeds.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0)
+        per_row = first.num_beams == 1 and not first.global_rng
+        if per_row:  # each job's penalties and sampling go to its own rows; generate itself runs greedy
             kwargs.update(do_sample=False, num_return_sequences=1, top_k=None, top_p=None, temperature=None,
-                          logits_processor=seeded_sampling(settings, settings.seed if seed is None else seed))
-        elif settings.global_rng:  # beam sampling: transformers' own
-            torch.manual_seed(settings.seed if seed is None else seed)
-        if prefix is not None and self.family == "opt" and bool(text_mask.all()):
-            cache = copy.deepcopy(prefix)
-            expand = settings.num_beams if settings.num_beams > 1 else settings.num_return_sequences
-            if expand > 1:  # generate expands the inputs for beams/samples but not a passed cache
-                cache.batch_repeat_interleave(expand)
+                          repetition_penalty=None, no_repeat_ngram_size=None)
+        elif first.global_rng:  # beam sampling: transformers' own
+            torch.manual_seed(first.seed if jobs[0].seed is None else jobs[0].seed)
+        parts, masks, slices, caches, padded = [], [], [], [], False
+        row = 0
+        for job in jobs:
+            n = job.features.shape[0]
+            embeds, mask, unpadded = self._lm_embeds(job.features, job.prompts or [job.settings.prompt] * n)
+            padded |= not unpadded
+            copies = job.settings.num_return_sequences if per_row and job.settings.do_sample else 1
+            if copies > 1:  # the sampled captions of an image are rows of their own
+                embeds, mask = embeds.repeat_interleave(copies, 0), mask.repeat_interleave(copies, 0)
+            if per_row:
+                seed = job.settings.seed if job.seed is None else job.seed
+                slices.append((row, row + embeds.shape[0], _row_processors(job.settings, seed)))
+            caches.append((job.prefix, copies))
+            parts.append(embeds)
+            masks.append(mask)
+            row += embeds.shape[0]
+        if per_row:
+            kwargs["logits_processor"] = LogitsProcessorList([_PerRows(slices)])
+        if self.family == "opt" and not padded and all(prefix is not None for prefix, _ in caches):
+            # The image positions' keys/values, computed once per batch and adapter state (generate expands
+            # the inputs for beams but not a passed cache, hence the repeat).
+            cache = DynamicCache()
+            beams = first.num_beams if first.num_beams > 1 else 1
+            for layer in range(len(caches[0][0].layers)):
+                keys = [c.layers[layer].keys.repeat_interleave(k * beams, 0) for c, k in caches]
+                values = [c.layers[layer].values.repeat_interleave(k * beams, 0) for c, k in caches]
+                cache.update(torch.cat(keys), torch.cat(values), layer)
             kwargs["cache"] = cache  # transformers 5 name (`past_key_values` is deprecated)
-        with self.adapter_context(adapter), warnings.catch_warnings():
+        lm = self.blip.language_model
+        with self.adapter_context(jobs[0].adapter), warnings.catch_warnings():
             # Penalties apply to generated tokens only (the prompt is given as embeddings): intended.
             warnings.filterwarnings("ignore", message="Passing `(repetition_penalty|no_repeat_ngram_size)`")
-            out = lm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
-        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-        texts = [" ".join(t.split()) for t in texts]
-        k = settings.num_return_sequences
-        return [texts[i * k:(i + 1) * k] for i in range(n)]
+            out = lm.generate(inputs_embeds=torch.cat(parts), attention_mask=torch.cat(masks), **kwargs)
+        texts = [" ".join(t.split()) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        results, start = [], 0
+        for job in jobs:
+            k = job.settings.num_return_sequences
+            n = job.features.shape[0]
+            results.append([texts[start + i * k:start + (i + 1) * k] for i in range(n)])
+            start += n * k
+        return results
 
     @torch.no_grad()
     def caption_embeds(self, image_embeds: torch.Tensor, settings: DecodeSettings, adapter: bool,

@@ -69,15 +69,16 @@ def _sample_files(system: System) -> list[str]:
 
 def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bool = True,
              dataset=None, score: bool = True, select: Callable[[System], bool] | None = None,
-             scorer=None, start_scorer: bool = False) -> GridResult:
+             scorer=None, start_scorer: bool = False, fuse: bool = True) -> GridResult:
     """Caption the eval split with every system, write predictions and scores into the run directory.
 
     `select` keeps only some systems (with `score=False`: a partial grid whose predictions a later
     full run reads back, as `run_pipeline` does while the adapter trains). `start_scorer` (with
     `score=False`): start the Scorer anyway, feed it these captions and return it open in
-    `GridResult.scorer`, for the later run to pass back as `scorer` (the caller closes it)."""
+    `GridResult.scorer`, for the later run to pass back as `scorer` (the caller closes it). `fuse=False`:
+    one `generate` call per system and batch (same captions; for measuring what fusing gains)."""
     from captune.data import load_dataset_from_config
-    from captune.generate.captioner import Captioner
+    from captune.generate.captioner import Captioner, DecodeJob
     from captune.model.adapters import load_adapter
     from captune.model.features import encode_images, image_file_key, pixel_values, store_for
     from captune.model.load import load_blip2
@@ -197,16 +198,13 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                         t = time.perf_counter()
                         prefix = captioner.prefix_cache(feats, state)
                         timings["prefill"] = timings.get("prefill", 0.0) + time.perf_counter() - t
-                        for system in group:
-                            t = time.perf_counter()
-                            for k, fname in enumerate(_sample_files(system)):
-                                seed = system.decode.seed + 1000 * k + i
-                                out = captioner.generate_from_features(feats, system.decode, system.adapter,
-                                                                       seed=seed, prefix=prefix)
-                                captions[fname].extend(c[0] for c in out)
-                                bar.advance(len(out), system.name)
-                            key = f"generate/{system.name}"
-                            timings[key] = timings.get(key, 0.0) + time.perf_counter() - t
+                        # Every system's captions of this batch; compatible systems share a generate call.
+                        jobs = [DecodeJob(feats, system.decode, state, system.decode.seed + 1000 * k + i, prefix,
+                                          name=fname)
+                                for system in group for k, fname in enumerate(_sample_files(system))]
+                        for job, out in zip(jobs, captioner.generate_jobs(jobs, fuse, timings), strict=True):
+                            captions[job.name].extend(c[0] for c in out)
+                            bar.advance(len(out), job.name)
                         if scorer is not None:  # METEOR on the other core while the next batch decodes
                             batch_ids = image_ids[i:i + bs]
                             scorer.prefetch({f: dict(zip(batch_ids, captions[f][i:i + bs], strict=True))
