@@ -237,14 +237,15 @@ def test_shared_image_prefill_gives_identical_captions(captioner: Captioner, ima
 
 def test_fused_systems_equal_separate_calls(captioner: Captioner, images: list[str]) -> None:
     """Systems sharing one generate call (greedy, penalties, sampling with several draws, beams with
-    equal settings) give exactly the captions of one call each."""
+    equal settings) give exactly the captions of one call each; no call holds more rows than the largest
+    job alone."""
     from captune.generate.captioner import DecodeJob
 
     embeds = encode_images(captioner.model, pixel_values(images, captioner.processor.image_processor))
     feats = captioner.lm_inputs(embeds, adapter=True)
     prefix = captioner.prefix_cache(feats, True)
     base = DecodeSettings(max_new_tokens=7)
-    settings = {
+    settings = {  # rows per job with 5 images: 5, 10, 5, 5, 15, 15, 10, 5, 30
         "greedy": base,
         "nucleus": replace(base, do_sample=True, top_p=0.9, temperature=1.5, num_return_sequences=2),
         "topk-norepeat": replace(base, do_sample=True, top_k=5, no_repeat_ngram_size=2),
@@ -253,13 +254,19 @@ def test_fused_systems_equal_separate_calls(captioner: Captioner, images: list[s
         "beam-b": replace(base, num_beams=3, no_repeat_ngram_size=2, seed=9),
         "beam-other": replace(base, num_beams=2),
         "prompt": replace(base, prompt="a photo of"),
+        "many-samples": replace(base, do_sample=True, num_return_sequences=6),
     }
     jobs = [DecodeJob(feats, s, True, seed=i, prefix=prefix, name=name) for i, (name, s) in enumerate(settings.items())]
     timings: dict[str, float] = {}
     fused = captioner.generate_jobs(jobs, timings=timings)
     assert fused == captioner.generate_jobs(jobs, fuse=False)
     assert fused[0] == captioner.generate_from_features(feats, base, True)
-    assert "generate/greedy+nucleus+topk-norepeat+repetition" in timings
-    assert "generate/beam-a+beam-b" in timings and "generate/beam-other" in timings
+    calls = {k.split("/", 1)[1] for k in timings}
+    assert calls == {"greedy+nucleus+topk-norepeat+repetition", "beam-a+beam-b", "beam-other", "prompt",
+                     "many-samples"}
     assert all(len(c) == 2 for c in fused[1]) and any(c[0] != c[1] for c in fused[1])  # two different draws
     assert fused[0] != fused[3] or fused[0] != fused[2]  # the per-row settings acted
+    # Without the 30-row job the largest is nucleus (10 rows): calls split to stay within it.
+    timings = {}
+    assert captioner.generate_jobs(jobs[:4], timings=timings) == fused[:4]
+    assert {k.split("/", 1)[1] for k in timings} == {"greedy", "nucleus", "topk-norepeat+repetition"}

@@ -83,6 +83,13 @@ class _PerRows:
         return scores
 
 
+def _rows(images: int, settings: DecodeSettings) -> int:
+    """Rows a job decodes: one per beam, or per sampled caption."""
+    if settings.num_beams > 1:
+        return images * settings.num_beams
+    return images * (settings.num_return_sequences if settings.do_sample else 1)
+
+
 @dataclass
 class DecodeJob:
     """One system's captions for one batch: LM inputs in one adapter state, decoding settings, seed."""
@@ -184,14 +191,24 @@ class Captioner:
                       timings: dict[str, float] | None = None) -> list[list[list[str]]]:
         """Captions of each job, as `generate_from_features` gives them one by one, with compatible jobs
         (e.g. the greedy, nucleus and top-k systems of one batch) fused into one `generate` call: bigger
-        matrix products and one decoding loop instead of several. `timings` gets each call's seconds
-        under `generate/<job name>+<job name>...`."""
+        matrix products and one decoding loop instead of several. A shared call holds at most as many
+        rows as the largest job alone, so fusing never raises peak memory. `timings` gets each call's
+        seconds under `generate/<job name>+<job name>...`."""
+        rows = [_rows(job.features.shape[0], job.settings) for job in jobs]
+        cap = max(rows, default=0)
         groups: dict[Any, list[int]] = {}
+        calls: list[list[int]] = []
         for i, job in enumerate(jobs):
             key = self._fusion_key(job) if fuse else None
-            groups.setdefault(("alone", i) if key is None else key, []).append(i)
+            group = groups.get(key) if key is not None else None
+            if group is None or sum(rows[j] for j in group) + rows[i] > cap:
+                group = []
+                calls.append(group)
+                if key is not None:
+                    groups[key] = group
+            group.append(i)
         out: list[list[list[str]]] = [[] for _ in jobs]
-        for members in groups.values():
+        for members in calls:
             start = time.perf_counter()
             for i, captions in zip(members, self._generate_group([jobs[i] for i in members]), strict=True):
                 out[i] = captions
