@@ -146,3 +146,50 @@ def test_precompute_for_split_fills_the_cache_the_grid_reads(tmp_path, monkeypat
     monkeypatch.setattr(human, "human_report", lambda *a, **k: pytest.fail("the grid would recompute it"))
     report = human.cached_human_report(refs, metrics=["rouge", "diversity"], bootstrap_samples=50, seed=0)
     assert report["systems"]["human"]["metrics"]["rouge/ROUGE-L"]["value"] > 0
+
+
+def test_meteor_starts_before_the_rest_of_preparation(meteor, monkeypatch) -> None:
+    """METEOR needs only the PTB tokens: it is queued while the other families are still being prepared,
+    and a preparation failure after that is raised by score(), not a hang."""
+    import threading
+
+    import captune.metrics.suite as suite
+
+    if meteor is None:
+        pytest.skip("no Java: METEOR unavailable")
+    real = suite.NltkReferences
+    seen: dict[str, bool] = {}
+
+    def slow_references(refs):  # the last preparation step: wait (bounded) for METEOR to be queued
+        for _ in range(200):
+            if scorer._meteor_jobs:
+                break
+            threading.Event().wait(0.05)
+        seen["meteor queued during preparation"] = bool(scorer._meteor_jobs)
+        return real(refs)
+
+    monkeypatch.setattr(suite, "NltkReferences", slow_references)
+    with Scorer(REFS, bootstrap_samples=50, meteor=meteor, metrics=["coco", "nltk"]) as scorer:
+        result = scorer.score(SYSTEMS)
+    assert seen == {"meteor queued during preparation": True}
+    assert "coco/METEOR" in result["good"].metrics
+
+    def broken(refs):
+        raise RuntimeError("preparation failed")
+
+    monkeypatch.setattr(suite, "NltkReferences", broken)
+    with Scorer(REFS, bootstrap_samples=50, meteor=meteor, metrics=["coco", "nltk"]) as scorer, \
+            pytest.raises(RuntimeError, match="preparation failed"):
+        scorer.score(SYSTEMS)
+
+
+def test_start_meteor_tokenises_the_captions_with_the_references(meteor) -> None:
+    from captune.metrics.suite import start_meteor
+
+    if meteor is None:
+        pytest.skip("no Java: PTB tokeniser unavailable")
+    tokens: dict[str, str] = {}
+    process, vocab = start_meteor(REFS, tokens, captions=["A Zebra, galloping!", None])
+    assert tokens["A Zebra, galloping!"] == "a zebra galloping" and tokens["a man rides a bike"] == "a man rides a bike"
+    assert vocab is not None and "zebra" not in vocab and "cyclist" in vocab  # the vocabulary is the references'
+    assert process.available

@@ -138,8 +138,10 @@ def _score(pred: list[str] | None, refs: str | None, split: str, families: list[
     tokens: dict[str, str] = {}
     meteor, vocab = None, None
     if "coco" in families:
-        # Started before scoring so the JVM loads while the other metrics are prepared.
-        meteor, vocab = start_meteor(references, tokens)
+        # Started before scoring so the JVM loads while the other metrics are prepared; the captions are
+        # PTB-tokenised in the references' tokenizer call, so METEOR can start on them at once.
+        texts = (c for caps in systems.values() for c in caps.values())
+        meteor, vocab = start_meteor(references, tokens, captions=texts)
     if human_baseline is not None:
         from captune.metrics.human import human_report
 

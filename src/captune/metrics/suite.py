@@ -210,6 +210,8 @@ class Scorer:
         self._meteor_jobs: list[Future[None]] = []
         self._meteor_queued: set[tuple[Any, str]] = set()  # raw (image id, caption) pairs already queued
         self._prep_error: BaseException | None = None
+        # Set once the references' PTB tokens exist: METEOR needs only those, not the rest of preparation.
+        self._ref_tokens_ready = threading.Event()
         self._prep = threading.Thread(target=self._prepare_safely, name="captune-scorer-prep", daemon=True)
         self._prep.start()
 
@@ -219,6 +221,8 @@ class Scorer:
             self._prepare()
         except BaseException as exc:  # re-raised in the caller's thread by _ready()
             self._prep_error = exc
+        finally:
+            self._ref_tokens_ready.set()
 
     def _tokenize(self, texts: Sequence[str]) -> None:
         """PTB-tokenise the texts not yet in the cache (one JVM call)."""
@@ -240,8 +244,9 @@ class Scorer:
         if "coco" in self.families:
             with _Timer(t, "prep: PTB-tokenise references"):
                 self._tokenize([t for texts in self.refs.values() for t in texts])
+            self.coco_ref_tokens = {i: [self._tok[t] for t in texts] for i, texts in self.refs.items()}
+            self._ref_tokens_ready.set()
             with _Timer(t, "prep: coco references"):
-                self.coco_ref_tokens = {i: [self._tok[t] for t in texts] for i, texts in self.refs.items()}
                 self.coco_refs = CocoReferences(self.coco_ref_tokens)
         if "rouge" in self.families:
             with _Timer(t, "prep: rouge references"):
@@ -264,6 +269,13 @@ class Scorer:
     def _ready(self) -> None:
         with _Timer(self.timings, "score: wait for preparation"):
             self._prep.join()
+        if self._prep_error is not None:
+            raise self._prep_error
+
+    def _ref_tokens(self) -> None:
+        """Wait for the references' PTB tokens only (what caption tokenisation and METEOR need)."""
+        with _Timer(self.timings, "score: wait for reference tokens"):
+            self._ref_tokens_ready.wait()
         if self._prep_error is not None:
             raise self._prep_error
 
@@ -322,7 +334,7 @@ class Scorer:
             self.unavailable["coco/METEOR"] = f"METEOR unavailable: {type(exc).__name__}: {exc}"
 
     def _tokenize_job(self, texts: list[str]) -> None:
-        self._ready()
+        self._ref_tokens()
         self._tokenize(texts)
 
     def prefetch(self, systems: Mapping[str, Mapping[Any, str]]) -> None:
@@ -351,16 +363,19 @@ class Scorer:
         """Score every system (name -> {image id: caption}) on all families; returns name -> result."""
         if not systems:
             raise DataError("no systems to score")
-        self._ready()
         t = self.timings
         caps = {name: self._validate(name, c) for name, c in systems.items()}
         raw_pairs = list(dict.fromkeys((i, c) for sys_caps in caps.values() for i, c in sys_caps.items()))
         if "coco" in self.families:
+            # METEOR (the longest part) starts as soon as the tokens exist, before the rest of preparation.
+            self._ref_tokens()
             with _Timer(t, "score: PTB-tokenise captions"):
                 self._wait(self._tokenize_jobs)  # prefetched ones
                 self._tokenize([c for _, c in raw_pairs])
-            pairs = list(dict.fromkeys((i, self._tok[c]) for i, c in raw_pairs))
             self._queue_meteor(raw_pairs)  # runs in the Java worker while Python does the rest
+        self._ready()
+        if "coco" in self.families:
+            pairs = list(dict.fromkeys((i, self._tok[c]) for i, c in raw_pairs))
             with _Timer(t, "score: coco BLEU/CIDEr/ROUGE-L"):
                 for i, tok in pairs:
                     if (i, tok) not in self._coco:
@@ -560,17 +575,20 @@ def build_report(
 
 
 def start_meteor(refs: Mapping[Any, Sequence[str]], token_cache: dict[str, str],
-                 java: JavaRuntime | None = None, build: bool = False) -> tuple[MeteorProcess, set[str] | None]:
+                 java: JavaRuntime | None = None, build: bool = False,
+                 captions: Iterable[str] = ()) -> tuple[MeteorProcess, set[str] | None]:
     """Start (or reuse) the shared METEOR JVM for these references, with the cached reduced
     paraphrase table when one covers their vocabulary (`build`: make one first if none does, for a
-    reference set of >= REDUCE_MIN_IMAGES images). PTB-tokenises the references into `token_cache`
-    (pass it on to the Scorer). Returns the process and the vocabulary (None without Java)."""
+    reference set of >= REDUCE_MIN_IMAGES images). PTB-tokenises the references, and `captions` about
+    to be scored (one tokenizer JVM for both), into `token_cache` (pass it on to the Scorer). Returns
+    the process and the vocabulary (None without Java)."""
     runtime = java or find_java()
     if not runtime.available:  # an unavailable process says why; never a JVM left from an earlier run
         return MeteorProcess(runtime), None
     texts = list(dict.fromkeys(t for ts in refs.values() for t in ts))
     try:
-        todo = [t for t in texts if t not in token_cache]
+        todo = [t for t in dict.fromkeys([*texts, *(c for c in captions if isinstance(c, str))])
+                if t not in token_cache]
         token_cache.update(zip(todo, ptb_tokenize(todo, runtime), strict=True))
     except TokenizerError:
         return MeteorProcess.shared(), None
