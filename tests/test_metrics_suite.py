@@ -193,3 +193,42 @@ def test_start_meteor_tokenises_the_captions_with_the_references(meteor) -> None
     assert tokens["A Zebra, galloping!"] == "a zebra galloping" and tokens["a man rides a bike"] == "a man rides a bike"
     assert vocab is not None and "zebra" not in vocab and "cyclist" in vocab  # the vocabulary is the references'
     assert process.available
+
+
+def test_a_known_reference_set_starts_its_jvm_before_tokenising(meteor, tmp_path, monkeypatch) -> None:
+    """The reduced paraphrase table found once by vocabulary is remembered for the raw references, so the
+    next run starts METEOR's JVM with it before the PTB tokenizer runs."""
+    import gzip
+
+    import captune.metrics.meteor as meteor_module
+    import captune.metrics.suite as suite
+
+    if meteor is None:
+        pytest.skip("no Java: METEOR unavailable")
+    monkeypatch.setenv("CAPTUNE_CACHE_DIR", str(tmp_path))
+    folder = tmp_path / "meteor"
+    folder.mkdir()
+    table = folder / "paraphrase-test.gz"
+    table.write_bytes(gzip.compress(b"0.5\nkids\nchildren\n"))
+    vocab = [*sorted(suite.paraphrase_vocabulary(t.lower() for ts in REFS.values() for t in ts)), "zebra"]
+    (folder / "paraphrase-test.json").write_text(json.dumps(
+        {"source": meteor_module._source_tag(), "entries": 1, "vocabulary": vocab}))
+    real_tokenize = suite.ptb_tokenize
+    started: list[bool] = []
+
+    def watching_tokenize(texts, java=None):
+        current = meteor_module._SHARED
+        started.append(current is not None and current.paraphrase == table and current.available)
+        return real_tokenize(texts, java)
+
+    monkeypatch.setattr(suite, "ptb_tokenize", watching_tokenize)
+    try:
+        first, _ = suite.start_meteor(REFS, {})  # found by vocabulary, then remembered for these texts
+        assert first.paraphrase == table and started == [False]
+        MeteorProcess.shared()  # another table in between
+        second, _ = suite.start_meteor(REFS, {})
+        assert second.paraphrase == table and started == [False, True]
+        assert suite.table_for_references(suite.references_fingerprint(
+            t for ts in {**REFS, 1: ["another text"]}.values() for t in ts)) is None
+    finally:
+        MeteorProcess.shared()  # back to the full table for the other tests

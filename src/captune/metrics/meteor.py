@@ -160,6 +160,41 @@ def cached_paraphrase_table(vocab: set[str]) -> Path | None:
     return None
 
 
+def references_fingerprint(texts: Iterable[str]) -> str:
+    """Names a reference set by its raw texts: the same texts give the same PTB tokens, so a table found
+    for them once (by vocabulary) can be found again before tokenising."""
+    return hashlib.sha1("\n".join(sorted(set(texts))).encode("utf-8")).hexdigest()
+
+
+def table_for_references(fingerprint: str) -> Path | None:
+    """The reduced table recorded for this reference set (`remember_table`), if still valid."""
+    folder = _table_dir()
+    if not folder.is_dir():
+        return None
+    tag = _source_tag()
+    for meta in sorted(folder.glob("paraphrase-*.json")):
+        try:
+            info = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        table = meta.with_suffix(".gz")
+        if info.get("source") == tag and table.is_file() and fingerprint in info.get("references", []):
+            return table
+    return None
+
+
+def remember_table(table: Path, fingerprint: str) -> None:
+    """Record that `table` covers the reference set `fingerprint` (best effort: a cache, not a result)."""
+    from captune.io import atomic_write_text
+
+    meta = table.with_suffix(".json")
+    with contextlib.suppress(OSError, ValueError):
+        info = json.loads(meta.read_text(encoding="utf-8"))
+        if fingerprint not in info.get("references", []):
+            info["references"] = [*info.get("references", []), fingerprint][-32:]
+            atomic_write_text(meta, json.dumps(info))
+
+
 def build_paraphrase_table(vocab: set[str]) -> Path:
     """Write (atomically) and return the paraphrase table reduced to entries that can match `vocab`."""
     from captune.io import atomic_write_bytes, atomic_write_text

@@ -38,6 +38,9 @@ from captune.metrics.meteor import (
     cached_paraphrase_table,
     meteor_from_stats,
     paraphrase_vocabulary,
+    references_fingerprint,
+    remember_table,
+    table_for_references,
 )
 from captune.metrics.nltk_style import BLEU_STATS as NLTK_BLEU_STATS
 from captune.metrics.nltk_style import NltkMeteor, NltkReferences, load_wordnet, nltk_bleu, nltk_bleu_vec
@@ -586,17 +589,23 @@ def start_meteor(refs: Mapping[Any, Sequence[str]], token_cache: dict[str, str],
     if not runtime.available:  # an unavailable process says why; never a JVM left from an earlier run
         return MeteorProcess(runtime), None
     texts = list(dict.fromkeys(t for ts in refs.values() for t in ts))
+    fingerprint = references_fingerprint(texts)
+    known = table_for_references(fingerprint)
+    if known is not None:  # a reference set seen before: its JVM loads while the tokenizer runs
+        MeteorProcess.shared(paraphrase=known)
     try:
         todo = [t for t in dict.fromkeys([*texts, *(c for c in captions if isinstance(c, str))])
                 if t not in token_cache]
         token_cache.update(zip(todo, ptb_tokenize(todo, runtime), strict=True))
-    except TokenizerError:
+    except TokenizerError:  # the Scorer falls back to another tokenizer: the reduced table may not cover it
         return MeteorProcess.shared(), None
     vocab = paraphrase_vocabulary(token_cache[t] for t in texts)
-    table = cached_paraphrase_table(vocab)
+    table = known or cached_paraphrase_table(vocab)
     if table is None and build and len(refs) >= REDUCE_MIN_IMAGES:
         with contextlib.suppress(MeteorError, OSError):
             table = build_paraphrase_table(vocab)
+    if table is not None and known is None:
+        remember_table(table, fingerprint)
     return MeteorProcess.shared(paraphrase=table), vocab
 
 
