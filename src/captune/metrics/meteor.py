@@ -30,8 +30,9 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -143,11 +144,11 @@ def _source_tag() -> str:
     return f"{src}:{st.st_size if st else 0}"
 
 
-def cached_paraphrase_table(vocab: set[str]) -> Path | None:
-    """A reduced table built for a vocabulary that covers `vocab`, if one is cached."""
+def _cached_tables() -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The cached reduced tables made from this paraphrase source, with their metadata."""
     folder = _table_dir()
     if not folder.is_dir():
-        return None
+        return
     tag = _source_tag()
     for meta in sorted(folder.glob("paraphrase-*.json")):
         try:
@@ -155,9 +156,13 @@ def cached_paraphrase_table(vocab: set[str]) -> Path | None:
         except (OSError, ValueError):
             continue
         table = meta.with_suffix(".gz")
-        if info.get("source") == tag and table.is_file() and vocab <= set(info.get("vocabulary", [])):
-            return table
-    return None
+        if info.get("source") == tag and table.is_file():
+            yield table, info
+
+
+def cached_paraphrase_table(vocab: set[str]) -> Path | None:
+    """A reduced table built for a vocabulary that covers `vocab`, if one is cached."""
+    return next((table for table, info in _cached_tables() if vocab <= set(info.get("vocabulary", []))), None)
 
 
 def references_fingerprint(texts: Iterable[str]) -> str:
@@ -168,19 +173,7 @@ def references_fingerprint(texts: Iterable[str]) -> str:
 
 def table_for_references(fingerprint: str) -> Path | None:
     """The reduced table recorded for this reference set (`remember_table`), if still valid."""
-    folder = _table_dir()
-    if not folder.is_dir():
-        return None
-    tag = _source_tag()
-    for meta in sorted(folder.glob("paraphrase-*.json")):
-        try:
-            info = json.loads(meta.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        table = meta.with_suffix(".gz")
-        if info.get("source") == tag and table.is_file() and fingerprint in info.get("references", []):
-            return table
-    return None
+    return next((table for table, info in _cached_tables() if fingerprint in info.get("references", [])), None)
 
 
 def remember_table(table: Path, fingerprint: str) -> None:
