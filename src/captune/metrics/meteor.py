@@ -42,9 +42,10 @@ from captune.metrics.tokenize import one_line
 ALPHA, BETA, GAMMA, DELTA = 0.85, 0.2, 0.6, 0.75
 MODULE_WEIGHTS = (1.0, 0.6, 0.8, 0.6)
 N_STATS = 23
-# Measured on a 2-core machine (BENCHMARKS.md): C1-only JIT (TieredStopAtLevel=1) scores
-# segments ~1.6x cheaper over the first 10k segments (C2 compiles cost more than they repay), and
-# ParallelGC loads the paraphrase table faster than G1 or Serial.
+# Measured on a 2-core machine (BENCHMARKS.md): C1-only JIT (TieredStopAtLevel=1) scored segments
+# ~1.6x cheaper under heavy load; on a quiet machine C2 is faster alone but no faster inside `captune
+# score` or the demo, where its compiler threads take the core Python needs. ParallelGC loads the
+# paraphrase table faster than G1 or Serial.
 DEFAULT_JVM_FLAGS = ("-Xmx2G", "-XX:+UseParallelGC", "-XX:TieredStopAtLevel=1", "-Dfile.encoding=UTF-8")
 
 _WS = re.compile(r"\s+")
