@@ -270,3 +270,17 @@ def test_fused_systems_equal_separate_calls(captioner: Captioner, images: list[s
     timings = {}
     assert captioner.generate_jobs(jobs[:4], timings=timings) == fused[:4]
     assert {k.split("/", 1)[1] for k in timings} == {"greedy", "nucleus", "topk-norepeat+repetition"}
+
+
+def test_more_captions_than_greedy_or_beams_give_is_a_clear_error(captioner: Captioner, images: list[str]) -> None:
+    from captune.errors import ConfigError
+
+    embeds = encode_images(captioner.model, pixel_values(images[:2], captioner.processor.image_processor))
+    feats = captioner.lm_inputs(embeds, adapter=False)
+    for settings in (DecodeSettings(max_new_tokens=3, num_return_sequences=2),
+                     DecodeSettings(max_new_tokens=3, num_beams=2, num_return_sequences=3)):
+        with pytest.raises(ConfigError, match="num_return_sequences"):
+            captioner.generate_from_features(feats, settings, False)
+    two = captioner.generate_from_features(feats, DecodeSettings(max_new_tokens=3, num_beams=2,
+                                                                 num_return_sequences=2), False)
+    assert [len(c) for c in two] == [2, 2]

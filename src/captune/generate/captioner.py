@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from captune.errors import ConfigError
 from captune.generate.systems import DecodeSettings
 from captune.model.features import encode_images, query_features, unwrap
 from captune.train.batches import CaptionCollator
@@ -249,6 +250,11 @@ class Captioner:
         """One `generate` call for jobs that `_fusion_key` says may share it (or a single job)."""
         from transformers import DynamicCache, LogitsProcessorList
 
+        for job in jobs:
+            k, s = job.settings.num_return_sequences, job.settings
+            if k > 1 and not s.do_sample and s.num_beams < k:
+                raise ConfigError(f"num_return_sequences {k} needs do_sample or num_beams >= {k}: greedy and "
+                                  f"beam search give at most num_beams captions per image (system {job.name!r})")
         first = jobs[0].settings
         kwargs = first.generate_kwargs()
         kwargs.update(pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
