@@ -284,3 +284,19 @@ def test_more_captions_than_greedy_or_beams_give_is_a_clear_error(captioner: Cap
     two = captioner.generate_from_features(feats, DecodeSettings(max_new_tokens=3, num_beams=2,
                                                                  num_return_sequences=2), False)
     assert [len(c) for c in two] == [2, 2]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_seeded_draw_runs_on_the_scores_device(device: str) -> None:
+    """The private generator follows the scores (a CPU generator cannot drive a CUDA multinomial); on the
+    CPU it draws exactly what a CPU generator with that seed draws."""
+    from captune.generate.captioner import _Draw
+
+    scores = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)).to(device)
+    picked = [_Draw(3)(torch.zeros(6, 0, dtype=torch.long, device=device), scores) for _ in range(2)]
+    assert picked[0].device.type == device and torch.equal(picked[0], picked[1])
+    assert ((picked[0] == 0).sum(1) == 1).all() and torch.isinf(picked[0]).sum() == 6 * 49
+    if device == "cpu":
+        expected = torch.multinomial(torch.softmax(scores, -1), 1, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(picked[0].argmax(1, keepdim=True), expected)

@@ -37,16 +37,21 @@ def seeded_sampling(settings: DecodeSettings, seed: int):
         warpers.append(TopKLogitsWarper(top_k=settings.top_k))
     if settings.top_p < 1.0:
         warpers.append(TopPLogitsWarper(top_p=settings.top_p))
-    return LogitsProcessorList([*warpers, _Draw(torch.Generator().manual_seed(seed))])
+    return LogitsProcessorList([*warpers, _Draw(seed)])
 
 
 class _Draw:
-    """The sampling step as a logits processor: every score but the drawn token's becomes -inf."""
+    """The sampling step as a logits processor: every score but the drawn token's becomes -inf. The
+    generator lives on the scores' device (a CPU generator cannot drive a CUDA multinomial), created on
+    the first step and seeded with `seed`."""
 
-    def __init__(self, generator: torch.Generator) -> None:
-        self.generator = generator
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.generator: torch.Generator | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.generator is None:
+            self.generator = torch.Generator(device=scores.device).manual_seed(self.seed)
         probs = torch.softmax(scores.float(), dim=-1)
         chosen = torch.multinomial(probs, 1, generator=self.generator)
         return torch.full_like(scores, float("-inf")).scatter_(1, chosen, 0.0)
