@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from captune.config import RunConfig, dump_config
+from captune.config import RunConfig
 from captune.io import atomic_write_json
 
 
@@ -86,20 +86,15 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, dataset=None, report: bo
         if not training_finished(run_dir):
             resume = bool(complete_checkpoints(run_dir / "train" / "checkpoints"))
             if caption_while_training:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                if not (run_dir / "config.yaml").exists():  # the whole config, before a partial grid writes one
-                    dump_config(cfg, run_dir / "config.yaml")
                 early = _EarlyCaptions(cfg, dataset)
             train(cfg, resume=resume, progress=progress, dataset=dataset)
             trained = True
-            timings["train"] = time.perf_counter() - t
-            if early is not None:
-                t = time.perf_counter()
-                early_timings = early.join()
-                timings["wait_early_captions"] = time.perf_counter() - t
-                timings.update({f"early/{k}": v for k, v in early_timings.items()})
-        else:
-            timings["train"] = time.perf_counter() - t
+        timings["train"] = time.perf_counter() - t
+        if early is not None:
+            t = time.perf_counter()
+            early_timings = early.join()
+            timings["wait_early_captions"] = time.perf_counter() - t
+            timings.update({f"early/{k}": v for k, v in early_timings.items()})
         t = time.perf_counter()
         run_grid(cfg, adapter_dir=run_dir / "adapter", progress=progress, dataset=dataset,
                  scorer=early.scorer if early is not None else None)

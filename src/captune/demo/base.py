@@ -184,12 +184,14 @@ def _object_accuracy(heads: CellHeads, tokens: torch.Tensor, targets: torch.Tens
                                               ("size", heads.size)))}
 
 
-def pretrain_vision(blip, pixels: torch.Tensor, targets: torch.Tensor, settings: DemoSettings) -> dict[str, Any]:
+def pretrain_vision(blip, pixels: torch.Tensor, targets: torch.Tensor,
+                    settings: DemoSettings) -> tuple[dict[str, Any], torch.Tensor]:
     """Stage 1: the ViT's patch token i, then the Q-Former's query token i, classify cell i.
 
     Two phases: the ViT alone (`vision_steps`), then the Q-Former on the frozen ViT's features,
     computed once (`qformer_steps`, about 3x cheaper per step). Returns object-cell accuracies
-    measured on the last 512 training images after training.
+    measured on the last 512 training images after training, and those features (stage 2 reuses them:
+    the ViT stays frozen from here on).
     """
     s = settings
     if s.num_query_tokens != s.grid * s.grid:
@@ -250,8 +252,9 @@ def pretrain_vision(blip, pixels: torch.Tensor, targets: torch.Tensor, settings:
         p.requires_grad_(False)
     blip.eval()
     held = slice(max(0, n - 512), n)
-    return {"vision_object_accuracy": _object_accuracy(vis_heads, embeds[held, 1:], targets[held]),
-            "qformer_object_accuracy": _object_accuracy(q_heads, qformer_tokens(blip, embeds[held]), targets[held])}
+    stats = {"vision_object_accuracy": _object_accuracy(vis_heads, embeds[held, 1:], targets[held]),
+             "qformer_object_accuracy": _object_accuracy(q_heads, qformer_tokens(blip, embeds[held]), targets[held])}
+    return stats, embeds
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -440,13 +443,12 @@ def _build(settings: DemoSettings, cache_dir: Path, out: Path, progress: Progres
             targets = torch.tensor([cell_targets(o, settings.grid) for o in objects], dtype=torch.long)
 
         with clock("stage1"):
-            stats = pretrain_vision(model, pixels, targets, settings)
+            stats, embeds = pretrain_vision(model, pixels, targets, settings)  # the frozen ViT's features
         _say(progress, f"base stage 1 (ViT + Q-Former see the cells): {clock.wall['stage1']:.1f} s, Q-Former "
                        f"object accuracy {stats['qformer_object_accuracy']}")
         eval_embeds = side.submit(lambda: _vision_features(model, eval_pixels.result()))  # queued after it
 
         with clock("stage2"):
-            embeds = _vision_features(model, pixels)
             with torch.no_grad():
                 tokens = torch.cat([qformer_tokens(model, embeds[i:i + 500]) for i in range(0, embeds.shape[0], 500)])
             stats.update(pretrain_language(model, processor.tokenizer, tokens, rows.result(), settings))

@@ -146,11 +146,9 @@ class Captioner:
         return sorted(i for i in ids if i is not None and i < vocab)
 
     def _prompt_rows(self, prompts: Sequence[str]) -> list[list[int]]:
-        rows = []
-        for prompt in prompts:
-            collator = CaptionCollator(self.tokenizer, self.family, 0, 0, prompt)
-            rows.append(collator.prompt_ids())
-        return rows
+        """BOS/prompt ids of each row; each distinct prompt tokenised once (a batch repeats one prompt)."""
+        ids = {p: CaptionCollator(self.tokenizer, self.family, 0, 0, p).prompt_ids() for p in dict.fromkeys(prompts)}
+        return [ids[p] for p in prompts]
 
     @torch.no_grad()
     def prefix_cache(self, features: torch.Tensor, adapter: bool):
