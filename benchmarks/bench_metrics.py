@@ -187,7 +187,7 @@ def main() -> None:
             times = []
             meteor = None
             if mode == "warm":
-                from captune.metrics.suite import start_meteor
+                from captune.metrics.meteor import start_meteor
 
                 meteor, _ = start_meteor(refs, {})
                 meteor.warm_up()

@@ -184,7 +184,7 @@ def test_meteor_starts_before_the_rest_of_preparation(meteor, monkeypatch) -> No
 
 
 def test_start_meteor_tokenises_the_captions_with_the_references(meteor) -> None:
-    from captune.metrics.suite import start_meteor
+    from captune.metrics.meteor import start_meteor
 
     if meteor is None:
         pytest.skip("no Java: PTB tokeniser unavailable")
@@ -201,7 +201,6 @@ def test_a_known_reference_set_starts_its_jvm_before_tokenising(meteor, tmp_path
     import gzip
 
     import captune.metrics.meteor as meteor_module
-    import captune.metrics.suite as suite
 
     if meteor is None:
         pytest.skip("no Java: METEOR unavailable")
@@ -210,10 +209,10 @@ def test_a_known_reference_set_starts_its_jvm_before_tokenising(meteor, tmp_path
     folder.mkdir()
     table = folder / "paraphrase-test.gz"
     table.write_bytes(gzip.compress(b"0.5\nkids\nchildren\n"))
-    vocab = [*sorted(suite.paraphrase_vocabulary(t.lower() for ts in REFS.values() for t in ts)), "zebra"]
+    vocab = [*sorted(meteor_module.paraphrase_vocabulary(t.lower() for ts in REFS.values() for t in ts)), "zebra"]
     (folder / "paraphrase-test.json").write_text(json.dumps(
         {"source": meteor_module._source_tag(), "entries": 1, "vocabulary": vocab}))
-    real_tokenize = suite.ptb_tokenize
+    real_tokenize = meteor_module.ptb_tokenize
     started: list[bool] = []
 
     def watching_tokenize(texts, java=None):
@@ -221,14 +220,88 @@ def test_a_known_reference_set_starts_its_jvm_before_tokenising(meteor, tmp_path
         started.append(current is not None and current.paraphrase == table and current.available)
         return real_tokenize(texts, java)
 
-    monkeypatch.setattr(suite, "ptb_tokenize", watching_tokenize)
+    monkeypatch.setattr(meteor_module, "ptb_tokenize", watching_tokenize)
     try:
-        first, _ = suite.start_meteor(REFS, {})  # found by vocabulary, then remembered for these texts
+        first, _ = meteor_module.start_meteor(REFS, {})  # found by vocabulary, then remembered for these texts
         assert first.paraphrase == table and started == [False]
         MeteorProcess.shared()  # another table in between
-        second, _ = suite.start_meteor(REFS, {})
+        second, _ = meteor_module.start_meteor(REFS, {})
         assert second.paraphrase == table and started == [False, True]
-        assert suite.table_for_references(suite.references_fingerprint(
+        assert meteor_module.table_for_references(meteor_module.references_fingerprint(
             t for ts in {**REFS, 1: ["another text"]}.values() for t in ts)) is None
     finally:
         MeteorProcess.shared()  # back to the full table for the other tests
+
+
+class _GatedMeteor:
+    """A METEOR stand-in whose segments wait (at most 10 s) for the Python side's diversity metrics."""
+
+    available = True
+    unavailable_reason = None
+    paraphrase = None
+
+    def __init__(self, gate) -> None:
+        self.gate, self.saw_diversity_first = gate, None
+
+    def warm_up(self) -> None:
+        pass
+
+    def segment_stats(self, pairs):
+        self.saw_diversity_first = self.gate.wait(timeout=10)
+        return np.ones((len(pairs), 23))
+
+    def close(self) -> None:
+        pass
+
+
+def test_python_statistics_are_computed_while_meteor_still_runs(monkeypatch) -> None:
+    """Diversity and every other non-METEOR statistic are done before the Scorer waits for METEOR, so
+    only METEOR's own bootstrap is left once its JVM finishes."""
+    import threading
+
+    import captune.metrics.suite as suite
+
+    gate = threading.Event()
+    real = suite.div.diversity
+
+    def diversity(*args, **kwargs):
+        gate.set()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(suite.div, "diversity", diversity)
+    fake = _GatedMeteor(gate)
+    with Scorer(REFS, bootstrap_samples=50, meteor=fake, metrics=["coco", "diversity"]) as scorer:
+        result = scorer.score(SYSTEMS)
+    assert fake.saw_diversity_first is True
+    names = list(result["good"].metrics)
+    assert names.index("coco/BLEU-4") + 1 == names.index("coco/METEOR") < names.index("coco/ROUGE-L")
+    assert list(result["good"].statistics).index("coco/METEOR") == list(result["good"].statistics).index(
+        "coco/BLEU-4") + 1
+
+
+def test_captune_score_starts_meteor_before_loading_the_scoring_code(tmp_path) -> None:
+    """METEOR's JVM is the longest part of `captune score`; it starts before the scoring modules (and
+    the NLTK/SciPy they import) are loaded."""
+    import subprocess
+    import sys
+
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({str(k): v for k, v in REFS.items()}), encoding="utf-8")
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps([{"image_id": k, "caption": c} for k, c in SYSTEMS["good"].items()]), encoding="utf-8")
+    code = """
+import sys
+import captune.metrics.meteor as m
+seen = []
+def start_meteor(refs, tokens, captions=()):
+    seen.append(sorted(k for k in ("captune.metrics.suite", "nltk", "scipy") if k in sys.modules))
+    return m.MeteorProcess(m.JavaRuntime(None, "not needed in this test")), None
+m.start_meteor = start_meteor
+from captune.cli import main
+main(["score", "--refs", sys.argv[1], "--pred", sys.argv[2], "--metrics", "coco,diversity", "-q",
+      "--bootstrap", "20", "--trials", "20"])
+print("SEEN", seen)
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(refs), str(pred)], capture_output=True, text=True,
+                         timeout=120)
+    assert "SEEN [[]]" in out.stdout, out.stdout + out.stderr

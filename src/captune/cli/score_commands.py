@@ -114,8 +114,10 @@ def score(
 def _score(pred: list[str] | None, refs: str | None, split: str, families: list[str], baseline: str | None,
            bootstrap: int, trials: int, seed: int, spice: bool | None, self_bleu: bool, per_image: bool,
            human_baseline: str | None) -> dict[str, Any]:
+    # Only the light modules here: METEOR's JVM (the longest part) starts before the scoring code loads.
+    from captune.metrics import FAMILIES
     from captune.metrics.io import check_coverage, load_predictions, load_references
-    from captune.metrics.suite import FAMILIES, remember_references, start_meteor
+    from captune.metrics.meteor import remember_references, start_meteor
 
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:

@@ -18,10 +18,34 @@ scores.json (schema "captune.scores/1"):
 Values that are undefined are null.
 """
 
-from captune.metrics.human import human_baseline, human_report
-from captune.metrics.meteor import MeteorError, MeteorProcess
-from captune.metrics.stats import PairedResult, Statistic, bootstrap_ci, paired_test
-from captune.metrics.suite import FAMILIES, SCHEMA, MetricResult, Scorer, SystemResult, build_report, score_systems
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Imported on first use (PEP 562): `captune score` starts METEOR's JVM from `captune.metrics.meteor`
+# before the rest loads (rouge-score pulls in NLTK and SciPy, ~1.5 s).
+FAMILIES = ("coco", "rouge", "nltk", "diversity")  # the metric families, in report order
+
+_EXPORTS = {
+    "SCHEMA": "suite", "MetricResult": "suite", "Scorer": "suite", "SystemResult": "suite",
+    "build_report": "suite", "score_systems": "suite", "MeteorError": "meteor", "MeteorProcess": "meteor",
+    "PairedResult": "stats", "Statistic": "stats", "bootstrap_ci": "stats", "paired_test": "stats",
+    "human_baseline": "human", "human_report": "human",
+}
+
+if TYPE_CHECKING:
+    from captune.metrics.human import human_baseline, human_report
+    from captune.metrics.meteor import MeteorError, MeteorProcess
+    from captune.metrics.stats import PairedResult, Statistic, bootstrap_ci, paired_test
+    from captune.metrics.suite import (
+        SCHEMA,
+        MetricResult,
+        Scorer,
+        SystemResult,
+        build_report,
+        score_systems,
+    )
 
 __all__ = [
     "FAMILIES",
@@ -40,3 +64,12 @@ __all__ = [
     "paired_test",
     "score_systems",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

@@ -160,7 +160,7 @@ def precompute_for_split(data_dir: str, split: str, metrics: list[str], bootstra
     paraphrase table reduced to the split's vocabulary first (the grid's JVM then starts in ~4 s instead
     of ~11 and holds a fraction of the memory). Torch-free: runs in a light child process (the demo
     starts one on the other core while it trains)."""
-    from captune.metrics.suite import start_meteor
+    from captune.metrics.meteor import start_meteor
 
     refs = split_references(data_dir, split, data_format)
     tokens: dict[str, str] = {}

@@ -30,14 +30,14 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from captune.metrics.java import JavaRuntime, find_java, meteor_jar, meteor_paraphrase
-from captune.metrics.tokenize import one_line
+from captune.metrics.tokenize import TokenizerError, one_line, ptb_tokenize
 
 ALPHA, BETA, GAMMA, DELTA = 0.85, 0.2, 0.6, 0.75
 MODULE_WEIGHTS = (1.0, 0.6, 0.8, 0.6)
@@ -454,3 +454,46 @@ def meteor_scores(
     """Corpus METEOR, per-pair METEOR and the statistics, as pycocoevalcap's Meteor.compute_score."""
     stats = aggregable(process.segment_stats(pairs))
     return float(meteor_from_stats(stats.sum(0))), meteor_from_stats(stats), stats
+
+
+def start_meteor(refs: Mapping[Any, Sequence[str]], token_cache: dict[str, str],
+                 java: JavaRuntime | None = None, build: bool = False,
+                 captions: Iterable[str] = ()) -> tuple[MeteorProcess, set[str] | None]:
+    """Start (or reuse) the shared METEOR JVM for these references, with the cached reduced
+    paraphrase table when one covers their vocabulary (`build`: make one first if none does, for a
+    reference set of >= REDUCE_MIN_IMAGES images). PTB-tokenises the references, and `captions` about
+    to be scored (one tokenizer JVM for both), into `token_cache` (pass it on to the Scorer). Returns
+    the process and the vocabulary (None without Java)."""
+    runtime = java or find_java()
+    if not runtime.available:  # an unavailable process says why; never a JVM left from an earlier run
+        return MeteorProcess(runtime), None
+    texts = list(dict.fromkeys(t for ts in refs.values() for t in ts))
+    fingerprint = references_fingerprint(texts)
+    known = table_for_references(fingerprint)
+    if known is not None:  # a reference set seen before: its JVM loads while the tokenizer runs
+        MeteorProcess.shared(paraphrase=known)
+    try:
+        todo = [t for t in dict.fromkeys([*texts, *(c for c in captions if isinstance(c, str))])
+                if t not in token_cache]
+        token_cache.update(zip(todo, ptb_tokenize(todo, runtime), strict=True))
+    except TokenizerError:  # the Scorer falls back to another tokenizer: the reduced table may not cover it
+        return MeteorProcess.shared(), None
+    vocab = paraphrase_vocabulary(token_cache[t] for t in texts)
+    table = known or cached_paraphrase_table(vocab)
+    if table is None and build and len(refs) >= REDUCE_MIN_IMAGES:
+        with contextlib.suppress(MeteorError, OSError):
+            table = build_paraphrase_table(vocab)
+    if table is not None and known is None:
+        remember_table(table, fingerprint)
+    return MeteorProcess.shared(paraphrase=table), vocab
+
+
+def remember_references(vocab: set[str] | None, n_images: int, process: MeteorProcess) -> str | None:
+    """After a run on a large reference set without a reduced paraphrase table, build one so later
+    runs start the JVM ~3x faster. Returns a note, or None when nothing was done."""
+    if vocab is None or process.paraphrase is not None or n_images < REDUCE_MIN_IMAGES or not process.available:
+        return None
+    start = time.perf_counter()
+    table = build_paraphrase_table(vocab)
+    return f"built a reduced METEOR paraphrase table for these references in {time.perf_counter() - start:.0f} s " \
+           f"({table}); later runs on them start faster"

@@ -12,7 +12,6 @@ product per system. Results are cached, so scoring systems one by one costs the 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import math
 import threading
@@ -25,22 +24,16 @@ from typing import Any
 import numpy as np
 
 from captune.errors import DataError
+from captune.metrics import FAMILIES
 from captune.metrics import diversity as div
 from captune.metrics.coco import BLEU_STATS, CocoReferences, bleu_from_stats
 from captune.metrics.java import JavaRuntime, find_java
 from captune.metrics.meteor import (
     N_STATS,
-    REDUCE_MIN_IMAGES,
     MeteorError,
     MeteorProcess,
     aggregable,
-    build_paraphrase_table,
-    cached_paraphrase_table,
     meteor_from_stats,
-    paraphrase_vocabulary,
-    references_fingerprint,
-    remember_table,
-    table_for_references,
 )
 from captune.metrics.nltk_style import BLEU_STATS as NLTK_BLEU_STATS
 from captune.metrics.nltk_style import NltkMeteor, NltkReferences, load_wordnet, nltk_bleu, nltk_bleu_vec
@@ -58,8 +51,6 @@ from captune.metrics.stats import (
     swap_masks,
 )
 from captune.metrics.tokenize import TokenizerError, fallback_tokenize, ptb_tokenize
-
-FAMILIES = ("coco", "rouge", "nltk", "diversity")
 
 
 class _Timer:
@@ -391,10 +382,13 @@ class Scorer:
                         self._rouge[(i, c)] = self.rouge_refs.score(i, c)
         if "nltk" in self.families:
             self._score_nltk(raw_pairs)
+        with _Timer(t, "score: diversity, statistics"):  # everything but METEOR, while its JVM still runs
+            partial = {name: self._system_stats(c) for name, c in caps.items()}
         with _Timer(t, "score: wait for METEOR"):
             self._wait(self._meteor_jobs)
-        with _Timer(t, "score: diversity, bootstrap"):
-            return {name: self._system(name, c) for name, c in caps.items()}
+        with _Timer(t, "score: bootstrap"):
+            return {name: self._finish(name, self._with_meteor(caps[name], stats), fixed, top)
+                    for name, (stats, fixed, top) in partial.items()}
 
     def _score_nltk(self, raw_pairs: Sequence[tuple[Any, str]]) -> None:
         t = self.timings
@@ -415,7 +409,10 @@ class Scorer:
         for key, b, m in zip(todo, bleu, met, strict=True):
             self._nltk[key] = (b, m)
 
-    def _system(self, name: str, caps: dict[Any, str]) -> SystemResult:
+    def _system_stats(
+        self, caps: dict[Any, str]
+    ) -> tuple[dict[str, Statistic], dict[str, MetricResult], list[tuple[str, int]]]:
+        """One system's statistics for every metric but METEOR (added by `_with_meteor` once its JVM is done)."""
         ids = self.image_ids
         stats: dict[str, Statistic] = {}
         fixed: dict[str, MetricResult] = {}
@@ -427,11 +424,6 @@ class Scorer:
             for n in range(1, 5):
                 stats[f"coco/BLEU-{n}"] = Statistic(
                     f"coco/BLEU-{n}", bleu, lambda s, _n, k=n: bleu_from_stats(s)[:, k - 1], CI_BLEU, per_bleu[:, n - 1]
-                )
-            if "coco/METEOR" not in self.unavailable and all(k in self._meteor_stats for k in keys):
-                m = aggregable(np.array([self._meteor_stats[k] for k in keys]).reshape(len(ids), N_STATS))
-                stats["coco/METEOR"] = Statistic(
-                    "coco/METEOR", m, lambda s, _n: meteor_from_stats(s), CI_METEOR, meteor_from_stats(m)
                 )
             stats["coco/ROUGE-L"] = mean_statistic("coco/ROUGE-L", np.array([self._coco[k][2] for k in keys]))
             stats["coco/CIDEr"] = mean_statistic("coco/CIDEr", np.array([self._coco[k][1] for k in keys]), CI_CIDER)
@@ -466,7 +458,23 @@ class Scorer:
                     stats[key] = mean_statistic(key, d.per_image[key])
                 else:
                     fixed[key] = MetricResult(key, value)
-        return self._finish(name, stats, fixed, top)
+        return stats, fixed, top
+
+    def _with_meteor(self, caps: dict[Any, str], stats: dict[str, Statistic]) -> dict[str, Statistic]:
+        """`stats` with METEOR's statistic inserted after BLEU-4 (the report's order), when it was scored."""
+        if "coco" not in self.families or "coco/METEOR" in self.unavailable:
+            return stats
+        keys = [(i, self._tok[caps[i]]) for i in self.image_ids]
+        if not all(k in self._meteor_stats for k in keys):
+            return stats
+        m = aggregable(np.array([self._meteor_stats[k] for k in keys]).reshape(len(keys), N_STATS))
+        meteor = Statistic("coco/METEOR", m, lambda s, _n: meteor_from_stats(s), CI_METEOR, meteor_from_stats(m))
+        out: dict[str, Statistic] = {}
+        for key, value in stats.items():
+            out[key] = value
+            if key == "coco/BLEU-4":
+                out[meteor.name] = meteor
+        return out
 
     def _bootstrap(self) -> np.ndarray:
         if self._weights is None:
@@ -575,49 +583,6 @@ def build_report(
     if extra:
         report.update(extra)
     return report
-
-
-def start_meteor(refs: Mapping[Any, Sequence[str]], token_cache: dict[str, str],
-                 java: JavaRuntime | None = None, build: bool = False,
-                 captions: Iterable[str] = ()) -> tuple[MeteorProcess, set[str] | None]:
-    """Start (or reuse) the shared METEOR JVM for these references, with the cached reduced
-    paraphrase table when one covers their vocabulary (`build`: make one first if none does, for a
-    reference set of >= REDUCE_MIN_IMAGES images). PTB-tokenises the references, and `captions` about
-    to be scored (one tokenizer JVM for both), into `token_cache` (pass it on to the Scorer). Returns
-    the process and the vocabulary (None without Java)."""
-    runtime = java or find_java()
-    if not runtime.available:  # an unavailable process says why; never a JVM left from an earlier run
-        return MeteorProcess(runtime), None
-    texts = list(dict.fromkeys(t for ts in refs.values() for t in ts))
-    fingerprint = references_fingerprint(texts)
-    known = table_for_references(fingerprint)
-    if known is not None:  # a reference set seen before: its JVM loads while the tokenizer runs
-        MeteorProcess.shared(paraphrase=known)
-    try:
-        todo = [t for t in dict.fromkeys([*texts, *(c for c in captions if isinstance(c, str))])
-                if t not in token_cache]
-        token_cache.update(zip(todo, ptb_tokenize(todo, runtime), strict=True))
-    except TokenizerError:  # the Scorer falls back to another tokenizer: the reduced table may not cover it
-        return MeteorProcess.shared(), None
-    vocab = paraphrase_vocabulary(token_cache[t] for t in texts)
-    table = known or cached_paraphrase_table(vocab)
-    if table is None and build and len(refs) >= REDUCE_MIN_IMAGES:
-        with contextlib.suppress(MeteorError, OSError):
-            table = build_paraphrase_table(vocab)
-    if table is not None and known is None:
-        remember_table(table, fingerprint)
-    return MeteorProcess.shared(paraphrase=table), vocab
-
-
-def remember_references(vocab: set[str] | None, n_images: int, process: MeteorProcess) -> str | None:
-    """After a run on a large reference set without a reduced paraphrase table, build one so later
-    runs start the JVM ~3x faster. Returns a note, or None when nothing was done."""
-    if vocab is None or process.paraphrase is not None or n_images < REDUCE_MIN_IMAGES or not process.available:
-        return None
-    start = time.perf_counter()
-    table = build_paraphrase_table(vocab)
-    return f"built a reduced METEOR paraphrase table for these references in {time.perf_counter() - start:.0f} s " \
-           f"({table}); later runs on them start faster"
 
 
 def score_systems(
