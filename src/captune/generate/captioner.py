@@ -119,6 +119,7 @@ class Captioner:
         self.blip = unwrap(model)
         self.device = next(self.blip.parameters()).device
         self.tokenizer = processor.tokenizer
+        self._prompt_ids: dict[str, list[int]] = {}  # a grid asks for the same few prompts every batch
 
     def adapter_context(self, adapter: bool):
         """peft's `disable_adapter()` for the base systems; a no-op when the adapter is wanted."""
@@ -146,9 +147,11 @@ class Captioner:
         return sorted(i for i in ids if i is not None and i < vocab)
 
     def _prompt_rows(self, prompts: Sequence[str]) -> list[list[int]]:
-        """BOS/prompt ids of each row; each distinct prompt tokenised once (a batch repeats one prompt)."""
-        ids = {p: CaptionCollator(self.tokenizer, self.family, 0, 0, p).prompt_ids() for p in dict.fromkeys(prompts)}
-        return [ids[p] for p in prompts]
+        """BOS/prompt ids of each row; each distinct prompt tokenised once per Captioner."""
+        for p in prompts:
+            if p not in self._prompt_ids:
+                self._prompt_ids[p] = CaptionCollator(self.tokenizer, self.family, 0, 0, p).prompt_ids()
+        return [self._prompt_ids[p] for p in prompts]
 
     @torch.no_grad()
     def prefix_cache(self, features: torch.Tensor, adapter: bool):
