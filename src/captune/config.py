@@ -94,9 +94,7 @@ class TrainConfig:
     val_max_images: int = 200
     early_stopping_patience: int = 0
     max_bad_steps: int = 10
-    num_workers: int = 0
-    log_every: int = 10
-    tensorboard: bool = True
+    tensorboard: bool = True  # TensorBoard events in train/tb/ (needs `pip install captune[tensorboard]`)
 
 
 @dataclass
@@ -255,12 +253,22 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"config key '{path}': expected {_type_name(tp)}, got {value!r}")
 
 
+REMOVED_KEYS = {
+    "train.num_workers": "images are decoded once into the vision-feature cache, so there was nothing to parallelise",
+    "train.log_every": "every step is logged to train/log.jsonl and TensorBoard",
+}
+"""Keys earlier versions accepted but never read: a config naming one gets a line saying so, not a typo hint."""
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else str(key)
+        if path in REMOVED_KEYS:
+            raise ConfigError(f"config key '{path}' was removed (nothing read it: {REMOVED_KEYS[path]}); "
+                              "delete it from the config")
         if key not in names:
             near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix + '.' if prefix else ''}{near[0]}'?" if near else ""
@@ -272,12 +280,12 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 _POSITIVE = {
     "train.batch_size", "train.grad_accum", "train.lr", "train.max_caption_tokens", "train.checkpoint_every",
-    "train.log_every", "train.max_bad_steps", "train.val_max_images", "generate.max_new_tokens", "generate.num_beams",
+    "train.max_bad_steps", "train.val_max_images", "generate.max_new_tokens", "generate.num_beams",
     "generate.batch_size", "generate.num_return_sequences", "lora.r", "lora.alpha", "eval.bootstrap_samples",
 }
 _NON_NEGATIVE = {
     "train.epochs", "train.weight_decay", "train.warmup_steps", "train.max_grad_norm", "train.validate_every",
-    "train.early_stopping_patience", "train.num_workers", "train.keep_checkpoints", "generate.min_new_tokens",
+    "train.early_stopping_patience", "train.keep_checkpoints", "generate.min_new_tokens",
     "generate.top_k", "generate.no_repeat_ngram_size", "generate.temperature", "generate.repetition_penalty",
 }
 

@@ -42,7 +42,9 @@ class DemoResult:
 
 
 def default_cache_dir() -> Path:
-    return Path("~/.cache/captune/demo").expanduser()
+    from captune.cache import cache_path
+
+    return cache_path("demo")
 
 
 def scaled_settings(seed: int = 0, scale: float = 1.0, lora_steps: int | None = None, **overrides: Any):

@@ -62,10 +62,9 @@ WORDNET_FIX = (
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("CAPTUNE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "captune"
-    )
-    return Path(base)
+    from captune.cache import cache_root
+
+    return cache_root()
 
 
 def _has_files(folder: Path) -> bool:

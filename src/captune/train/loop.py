@@ -11,6 +11,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,8 @@ def _augment(seed: int, epoch: int, index: int):
 class Logger:
     """JSONL log of every step and validation, plus TensorBoard when installed."""
 
-    def __init__(self, path: Path, resume_step: int, tensorboard_dir: Path | None) -> None:
+    def __init__(self, path: Path, resume_step: int, tensorboard_dir: Path | None,
+                 say: Callable[[str], None] = print) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
@@ -148,10 +150,12 @@ class Logger:
         if tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
+            except ImportError:  # said once per run; the JSONL log is still the full record
+                say("train.tensorboard is true but TensorBoard is not installed: no events in train/tb/ "
+                    "(`pip install captune[tensorboard]`, or set train.tensorboard=false); train/log.jsonl has "
+                    "every step")
+            else:
                 self.tb = SummaryWriter(str(tensorboard_dir))
-            except Exception:  # tensorboard not installed: the JSONL log is the record
-                self.tb = None
 
     def write(self, record: dict[str, Any]) -> None:
         self.fh.write(json.dumps(record) + "\n")
@@ -284,7 +288,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     logger = None
     if accelerator.is_main_process:
         tb = run_dir / "train" / "tb" if tc.tensorboard else None
-        logger = Logger(run_dir / "train" / "log.jsonl", loop["step"], tb)
+        logger = Logger(run_dir / "train" / "log.jsonl", loop["step"], tb, say=accelerator.print)
         accelerator.print(
             f"trainable parameters: {params.trainable:,} of {params.total:,} ({params.trainable_share:.3%}); "
             f"LoRA on {len(placement.modules)} modules; frozen: vision encoder, LM, Q-Former base weights"
