@@ -36,6 +36,8 @@ def test_every_cache_lives_under_the_root(monkeypatch, tmp_path):
     assert meteor._table_dir() == root / "meteor"
     assert nltk_style.cache_dir() == root
     assert human.human_cache_path({1: ["a dog"]}, ["rouge"], 10, 0).parent == root / "human"
+    assert load_config(None).train.feature_directory() == root / "features"
+    assert load_config(None, ["train.feature_cache_dir=/elsewhere"]).train.feature_directory() == Path("/elsewhere")
 
 
 @pytest.mark.parametrize("key", ["train.num_workers", "train.log_every"])

@@ -19,6 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from captune.cache import cache_path
 from captune.errors import ConfigError
 
 
@@ -85,7 +86,7 @@ class TrainConfig:
     captions_per_image: Literal["all", "one"] = "all"
     max_caption_tokens: int = 40
     feature_cache: Literal["auto", "memory", "disk", "off"] = "auto"
-    feature_cache_dir: str = "~/.cache/captune/features"
+    feature_cache_dir: str = ""  # empty = <cache root>/features (see captune.cache)
     gradient_checkpointing: bool = False
     augment: bool = False
     checkpoint_every: int = 500
@@ -95,6 +96,12 @@ class TrainConfig:
     early_stopping_patience: int = 0
     max_bad_steps: int = 10
     tensorboard: bool = True  # TensorBoard events in train/tb/ (needs `pip install captune[tensorboard]`)
+
+    def feature_directory(self) -> Path:
+        """Where the disk feature cache lives: the configured folder, else the cache root's `features/`."""
+        if self.feature_cache_dir:
+            return Path(self.feature_cache_dir).expanduser()
+        return cache_path("features")
 
 
 @dataclass

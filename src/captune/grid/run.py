@@ -170,7 +170,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
             dtype = next(captioner.blip.vision_model.parameters()).dtype
             directory = None
             if cfg.train.feature_cache == "disk":
-                directory = Path(cfg.train.feature_cache_dir).expanduser()
+                directory = cfg.train.feature_directory()
             store = store_for(model, cfg.model.name_or_path, cfg.model.revision, image_processor, directory, dtype)
             keys = [image_file_key(r.path) for r in records]
             bs = cfg.generate.batch_size

@@ -233,7 +233,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
         tokens = (vision.image_size // vision.patch_size) ** 2 + 1
         estimate = len(records) * tokens * vision.hidden_size * torch.finfo(cache_dtype).bits // 8
         on_disk = tc.feature_cache == "disk" or (tc.feature_cache == "auto" and estimate > MEMORY_CACHE_LIMIT)
-        directory = Path(tc.feature_cache_dir).expanduser() if on_disk else None
+        directory = tc.feature_directory() if on_disk else None
         store = store_for(model, cfg.model.name_or_path, cfg.model.revision, image_processor, directory, cache_dtype)
     keys, usable, skipped = _prepare_images(records, model, image_processor, store, cfg, accelerator)
     records = [records[i] for i in usable]
