@@ -288,11 +288,11 @@ ERRORS: list[Case] = [
     ("data-zero-byte-token-file", lambda c: ["data", "check", c / "f-zero-token-file"],
      lambda c: [str(c / "f-zero-token-file"), "no image with a caption"]),
     ("data-image-given-as-dataset", lambda c: ["data", "check", c / "good.jpg"],
-     lambda c: [str(c / "good.jpg"), "--format"]),
+     lambda c: [str(c / "good.jpg"), "--data-format"]),
     ("data-negative-threads", lambda c: ["data", "check", c / "f-bom", "--threads", "-1"],
      lambda c: ["--threads", ">= 0"]),
     ("data-json-out-is-a-folder",
-     lambda c: ["data", "check", c / "f-bom", "--json", c / "score"], lambda c: [str(c / "score"), "is a folder"]),
+     lambda c: ["data", "check", c / "f-bom", "--out", c / "score"], lambda c: [str(c / "score"), "is a folder"]),
     # configs
     ("config-malformed-yaml", lambda c: ["train", c / "malformed.yaml"],
      lambda c: [str(c / "malformed.yaml"), "line 2", "fix the syntax"]),

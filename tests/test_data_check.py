@@ -30,7 +30,7 @@ def _dataset(root: Path) -> Path:
 def test_check_reports_defects_and_exits_zero(tmp_path, capsys):
     path = _dataset(tmp_path)
     report_file = tmp_path / "report.json"
-    assert main(["data", "check", str(path), "--image-root", str(tmp_path / "imgs"), "--json", str(report_file)]) == 0
+    assert main(["data", "check", str(path), "--image-root", str(tmp_path / "imgs"), "--out", str(report_file)]) == 0
     out = capsys.readouterr().out
     assert "train: 2 images, 3 captions" in out and "val: 1 images, 1 captions" in out
     assert "test: 1 images, 1 captions" in out
@@ -42,6 +42,20 @@ def test_check_reports_defects_and_exits_zero(tmp_path, capsys):
     assert "image width: min 30 / median 30 / max 50" in out
     report = json.loads(report_file.read_text())
     assert report["fatal"] is False and report["images_per_split"] == {"train": 2, "val": 1, "test": 1}
+
+
+def test_check_json_switch_prints_json_and_old_json_path_still_writes(tmp_path, capsys):
+    """`--json` is a switch (JSON on stdout) as on every command; `--json PATH` works one more release."""
+    path = _dataset(tmp_path)
+    assert main(["data", "check", str(path), "--image-root", str(tmp_path / "imgs"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["images_per_split"] == {"train": 2, "val": 1, "test": 1}
+    old = tmp_path / "old.json"
+    assert main(["data", "check", str(path), "--image-root", str(tmp_path / "imgs"), "--json", str(old)]) == 0
+    captured = capsys.readouterr()
+    assert "--json PATH is deprecated" in captured.err and "--out PATH" in captured.err
+    assert "train: 2 images, 3 captions" in captured.out
+    assert json.loads(old.read_text())["images_per_split"] == printed["images_per_split"]
 
 
 def test_check_header_only_misses_truncation_but_is_still_ok(tmp_path, capsys):

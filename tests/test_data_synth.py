@@ -145,8 +145,13 @@ def test_bad_settings_and_unsafe_output_are_refused(tmp_path):
 
 def test_synth_command(tmp_path, capsys):
     out = tmp_path / "cli"
-    assert main(["data", "synth", str(out), "--scale", "0.005", "--seed", "3", "--size", "32", "--grid", "4"]) == 0
-    assert "wrote 40 images (train 30, val 5, test 5)" in capsys.readouterr().out
+    assert main(["data", "synth", "--out", str(out), "--scale", "0.005", "--seed", "3", "--size", "32",
+                 "--grid", "4"]) == 0
+    assert "wrote 40 images (train 30, val 5, test 5)" in capsys.readouterr().err
     assert Image.open(next((out / "Flicker8k_Dataset").glob("*.png"))).size == (32, 32)
+    # the old positional spelling still works, with a deprecation line
     assert main(["data", "synth", str(out), "--scale", "0.005", "--seed", "3", "--size", "32", "--grid", "4"]) == 0
-    assert main(["data", "synth", str(out), "--scale", "0"]) == 1
+    assert "`captune data synth --out OUT`" in capsys.readouterr().err
+    assert main(["data", "synth", "--out", str(out), "--scale", "0"]) == 1
+    assert main(["data", "synth", "--scale", "0.005"]) == 1
+    assert "missing --out DIR" in capsys.readouterr().err

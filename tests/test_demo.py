@@ -34,11 +34,12 @@ def test_demo_runs_end_to_end_at_reduced_scale(tmp_path: Path, monkeypatch, caps
     small = pipeline.scaled_settings
     monkeypatch.setattr(pipeline, "scaled_settings", lambda seed, scale, lora_steps, **kw: small(
         seed, scale, 20, vision_steps=20, lm_steps=20, **kw))
-    assert main(["demo", "--scale", "0.02", "--out-dir", str(tmp_path / "runs"), "--cache-dir",
+    assert main(["demo", "--scale", "0.02", "--out", str(tmp_path / "runs"), "--cache-dir",
                  str(tmp_path / "cache"), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert all(s["name"] in printed for s in DEMO_SYSTEMS) and "vs best prompt" in printed
-    assert f"report: {result.report}" in printed.replace("\n", "")
+    assert f"report: {result.report}" in captured.err.replace("\n", "")
     again = json.loads((run / "demo.json").read_text())["timings"]
     assert again["base"] < result.timings["base"]
     assert "pipeline/train" in again and again["pipeline/train"] < result.timings["pipeline/train"]

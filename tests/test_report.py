@@ -368,7 +368,7 @@ def test_cli_on_a_zero_shot_only_run(finished_run: Path, tmp_path: Path) -> None
     (run / "scores.json").write_text(json.dumps(scores))
     res = _cli(str(run), "--format", "md,html,latex")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "report.md" in res.stdout and "report.html" in res.stdout and "report.tex" in res.stdout
+    assert "report.md" in res.stderr and "report.html" in res.stderr and "report.tex" in res.stderr
     md = (run / "report.md").read_text()
     assert "no training in this run (train/summary.json absent)" in md
     assert "no LoRA system in this grid" in md and "Fine-grained alignment" not in md

@@ -40,6 +40,16 @@ def _root(
     """captune: train, evaluate and report LoRA-adapted BLIP-2 captioners."""
 
 
+def say(message: str) -> None:
+    """A status line (what was done, where it went): stderr, so stdout carries only results."""
+    typer.echo(message, err=True)
+
+
+def deprecated(old: str, new: str) -> None:
+    """One line for a spelling kept one release for old scripts (CLI style: `--out` everywhere, ...)."""
+    say(f"captune: warning: {old} is deprecated and goes in the next release; use {new}")
+
+
 # Command modules register themselves on `app` when imported (one module per pipeline stage).
 from captune.cli import (
     data_commands,

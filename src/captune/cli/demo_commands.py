@@ -9,14 +9,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from captune.cli import app
+from captune.cli import app, deprecated
 
 console = Console(width=None if sys.stdout.isatty() else 110)  # piped: rich would assume 80 columns
+status = Console(stderr=True, highlight=False)
 
 
 @app.command("demo")
 def demo_command(
-    out_dir: Path = typer.Option(Path("runs"), "--out-dir", help="Where the run directory `demo/` goes."),
+    out: Path = typer.Option(Path("runs"), "--out", help="Where the run directory `demo/` goes."),
+    out_dir: Path | None = typer.Option(None, "--out-dir", hidden=True, help="Old spelling of --out."),
     fresh: bool = typer.Option(False, "--fresh", help="Rebuild the dataset, base model and run from scratch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the base model and LoRA training."),
     scale: float = typer.Option(1.0, "--scale", help="Shrink the benchmark (e.g. 0.05 for a quick look)."),
@@ -26,12 +28,15 @@ def demo_command(
     """Zero-shot collapse vs prompts, sampling and LoRA on a synthetic fine-grained benchmark, with a report."""
     from captune.demo.pipeline import run_demo
 
+    if out_dir is not None:
+        deprecated("--out-dir", "--out")
+        out = out_dir
     if not 0 < scale <= 1:
         from captune.errors import ConfigError
 
         raise ConfigError(f"--scale: must be in (0, 1], got {scale}")
-    result = run_demo(out_dir=out_dir, fresh=fresh, seed=seed, scale=scale, cache_dir=cache_dir,
-                      progress=not no_progress, say=lambda s: console.print(s))
+    result = run_demo(out_dir=out, fresh=fresh, seed=seed, scale=scale, cache_dir=cache_dir,
+                      progress=not no_progress, say=lambda s: status.print(s))
     table = Table(title="captune demo: frozen base vs baselines vs LoRA (eval split)")
     columns = list(result.rows[0]) if result.rows else []
     for c in columns:
@@ -42,6 +47,6 @@ def demo_command(
     console.print(table)
     for line in result.versus:
         console.print(line)
-    console.print(f"done in {result.timings['total']:.0f} s; run directory: {result.run_dir}")
+    status.print(f"done in {result.timings['total']:.0f} s; run directory: {result.run_dir}")
     if result.report:
-        console.print(f"report: {result.report}")
+        status.print(f"report: {result.report}")

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from captune.cli import app
+from captune.cli import app, say
 from captune.config import config_from_dict, load_config
 from captune.errors import ConfigError, DataError
 
@@ -30,12 +30,12 @@ def eval_command(
     cfg = load_config(config, set_)
     result = run_grid(cfg, adapter_dir=adapter, progress=not no_progress)
     if result.reused:
-        console.print(f"reused finished systems: {', '.join(result.reused)}")
+        say(f"reused finished systems: {', '.join(result.reused)}")
     if result.skipped_images:
-        console.print(f"[yellow]left out {len(result.skipped_images)} unreadable images from every system; "
-                      f"first: {result.skipped_images[0]}[/yellow]")
-    console.print((cfg.run_dir / "results.md").read_text(encoding="utf-8"))
-    console.print(f"scores: {cfg.run_dir / 'scores.json'}")
+        say(f"left out {len(result.skipped_images)} unreadable images from every system; "
+            f"first: {result.skipped_images[0]}")
+    typer.echo((cfg.run_dir / "results.md").read_text(encoding="utf-8"))
+    say(f"scores: {cfg.run_dir / 'scores.json'}")
 
 
 def _expand(inputs: list[Path]) -> list[Path]:

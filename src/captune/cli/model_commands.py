@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from captune.cli import app
+from captune.cli import app, deprecated, say
 from captune.config import LoraConfig, config_from_dict
 from captune.errors import ConfigError
 
@@ -78,14 +78,15 @@ def tiny_model(
         tokenizer_dir=str(tokenizer_dir) if tokenizer_dir else None,
     )
     save_tiny(out, spec)
-    console.print(f"saved tiny BLIP-2 ({family}) to {out}")
+    say(f"saved tiny BLIP-2 ({family}) to {out}")
 
 
 @app.command("inspect")
 def inspect(
     model: str = typer.Option("blip2-opt-2.7b", "--model", help="Preset name, tiny-opt/tiny-t5, or a model folder."),
     lora: str = typer.Option("qformer+lm", "--lora", help="qformer | lm | qformer+lm | qformer+lm-wide | custom"),
-    r: int = typer.Option(8, "--r", help="LoRA rank."),
+    r: int = typer.Option(8, "--rank", "-r", help="LoRA rank."),
+    old_r: int | None = typer.Option(None, "--r", hidden=True, help="Old spelling of --rank."),
     alpha: int | None = typer.Option(None, "--alpha", help="LoRA alpha (default 2r)."),
     target_regex: str | None = typer.Option(None, "--target-regex", help="Full-name regex for --lora custom."),
     dora: bool = typer.Option(False, "--dora", help="Use DoRA."),
@@ -94,6 +95,9 @@ def inspect(
     """Parameters per component and the LoRA placement, built on the meta device (no weights needed)."""
     from captune.model.inspect import inspect_model
 
+    if old_r is not None:
+        deprecated("--r", "--rank / -r")
+        r = old_r
     result = inspect_model(model, _lora_config(lora, r, alpha, target_regex, dora))
     table = Table(title=f"{result.name} ({result.family})")
     table.add_column("component")

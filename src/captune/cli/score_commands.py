@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from captune.cli import app
+from captune.cli import app, say
 from captune.errors import DataError
 
 _HEADLINE = ("coco/BLEU-4", "coco/METEOR", "coco/ROUGE-L", "coco/CIDEr", "coco/SPICE")
@@ -94,6 +94,7 @@ def score(
         None, "--human-baseline", help="Score each reference against the others (rotating leave-one-out) on DATA."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the table."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ) -> None:
     """Score captions with COCO, rouge-score, NLTK and diversity metrics, with bootstrap CIs."""
     from captune.io import atomic_write_json
@@ -101,19 +102,19 @@ def score(
     families = [m.strip() for m in metrics.split(",") if m.strip()]
     started = time.perf_counter()
     report = _score(pred, refs, split, families, baseline, bootstrap, trials, seed, spice, self_bleu,
-                    per_image, human_baseline)
+                    per_image, human_baseline, progress=not no_progress)
     report["seconds"] = round(time.perf_counter() - started, 2)
     if out is not None:
         atomic_write_json(out, report)
     if not quiet:
         print_report(report)
-        if out is not None:
-            typer.echo(f"wrote {out}")
+    if out is not None:
+        say(f"wrote {out}")
 
 
 def _score(pred: list[str] | None, refs: str | None, split: str, families: list[str], baseline: str | None,
            bootstrap: int, trials: int, seed: int, spice: bool | None, self_bleu: bool, per_image: bool,
-           human_baseline: str | None) -> dict[str, Any]:
+           human_baseline: str | None, progress: bool = False) -> dict[str, Any]:
     # Only the light modules here: METEOR's JVM (the longest part) starts before the scoring code loads.
     from captune.metrics import FAMILIES
     from captune.metrics.io import check_coverage, load_predictions, load_references
@@ -148,6 +149,7 @@ def _score(pred: list[str] | None, refs: str | None, split: str, families: list[
         from captune.metrics.human import human_report
 
         report = human_report(references, metrics=families, bootstrap_samples=bootstrap, seed=seed, meteor=meteor,
+                              progress=progress,
                               token_cache=tokens)
     else:
         from captune.metrics.suite import score_systems
@@ -155,7 +157,7 @@ def _score(pred: list[str] | None, refs: str | None, split: str, families: list[
         report = score_systems(
             systems, references, metrics=families, baseline=baseline, bootstrap_samples=bootstrap, seed=seed,
             paired_trials=trials, spice=spice, train_captions=train, self_bleu=self_bleu, per_image=per_image,
-            meteor=meteor, token_cache=tokens,
+            meteor=meteor, token_cache=tokens, progress=progress,
         )
         report["predictions"] = sources
     report["references"] = described

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
-from captune.cli import app
+from captune.cli import app, say
 from captune.config import RunConfig, load_config
 from captune.errors import ConfigError
 
@@ -68,5 +68,5 @@ def run_command(
     result = run_pipeline(cfg, progress=not no_progress)
     results_md = cfg.run_dir / "results.md"
     if results_md.is_file():
-        console.print(results_md.read_text(encoding="utf-8"))
-    console.print(f"run directory: {result.run_dir}" + (f"; report: {result.report}" if result.report else ""))
+        typer.echo(results_md.read_text(encoding="utf-8"))
+    say(f"run directory: {result.run_dir}" + (f"; report: {result.report}" if result.report else ""))

@@ -58,7 +58,8 @@ def load_coco(
     if data is None:
         data = read_json(path)
     if not is_coco(data):
-        raise DataError(f"{path}: not a COCO captions JSON (needs 'images' and 'annotations'); check --format")
+        raise DataError(f"{path}: not a COCO captions JSON (needs 'images' and 'annotations'); "
+                        "check data.format (--data-format)")
     log = ProblemLog()
     label = path.name
     split = split_from_file_name(path)

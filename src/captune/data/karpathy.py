@@ -75,7 +75,8 @@ def load_karpathy(
     if data is None:
         data = read_json(path)
     if not is_karpathy(data):
-        raise DataError(f"{path}: not a Karpathy split JSON (needs images[].sentences); pass the right --format")
+        raise DataError(f"{path}: not a Karpathy split JSON (needs images[].sentences); "
+                        "set the right data.format (--data-format)")
     log = ProblemLog()
     label = path.name
     entries: list[Entry] = []

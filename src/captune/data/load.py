@@ -43,7 +43,7 @@ def detect_format(path: Path) -> tuple[str, Any]:
             return "csv", None
         raise DataError(
             f"{path}: cannot tell the dataset format (expected Flickr8k_text/Flickr8k.token.txt, metadata.jsonl, "
-            "or one dataset_*.json); pass the captions file itself or --format"
+            "or one dataset_*.json); pass the captions file itself or set data.format (--data-format)"
         )
     suffix = path.suffix.lower()
     if path.name in ("metadata.jsonl", "metadata.csv"):
@@ -59,14 +59,14 @@ def detect_format(path: Path) -> tuple[str, Any]:
         if isinstance(data, list):
             return "jsonl", data
         raise DataError(f"{path}: JSON is neither a Karpathy split file, a COCO captions file, nor a list of rows; "
-                        "check the file or pass --format")
+                        "check the file or set data.format (--data-format)")
     if suffix == ".jsonl":
         return "jsonl", None
     if suffix in (".csv", ".tsv"):
         return "csv", None
     if suffix == ".txt" and looks_like_captions_csv(path):
         return "csv", None
-    raise DataError(f"{path}: unknown captions file type {suffix or '(none)'!r}; pass --format "
+    raise DataError(f"{path}: unknown captions file type {suffix or '(none)'!r}; set data.format (--data-format) "
                     f"({', '.join(FORMATS[1:])})")
 
 

@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 from captune.data.flickr8k import SPLIT_FILES, TEXT_DIR, TOKEN_FILE
 from captune.errors import DataError
 from captune.io import atomic_directory
+from captune.progress import Bar
 
 IMAGE_DIR = "Flicker8k_Dataset"
 TRUTH_FILE = "synth_objects.json"
@@ -552,6 +553,7 @@ def generate_synth(
     max_objects: int = 3,
     split_sizes: dict[str, int] | None = None,
     workers: int = 1,
+    progress: bool = False,
 ) -> SynthSummary:
     """Write the benchmark to `out` in the Flickr8K layout, plus `synth_objects.json` (the ground truth).
 
@@ -586,9 +588,9 @@ def generate_synth(
             context = multiprocessing.get_context("spawn" if os.name == "nt" else "fork")
             with context.Pool(workers) as pool:
                 results = pool.imap(_render_one, jobs, chunksize=max(1, min(250, total // (4 * workers))))
-                _collect(results, image_dir, truth, token_lines)
+                _collect(results, image_dir, truth, token_lines, progress, total)
         else:
-            _collect(map(_render_one, jobs), image_dir, truth, token_lines)
+            _collect(map(_render_one, jobs), image_dir, truth, token_lines, progress, total)
         text_dir = tmp / TEXT_DIR
         text_dir.mkdir()
         (text_dir / TOKEN_FILE).write_text("".join(token_lines), encoding="utf-8")
@@ -611,13 +613,19 @@ def generate_synth(
     return SynthSummary(out=out, split_sizes=sizes, images=total, seconds=time.perf_counter() - start)
 
 
-def _collect(results: Any, image_dir: Path, truth: dict[str, list[dict[str, Any]]], token_lines: list[str]) -> None:
-    for name, png, objects, captions in results:
-        (image_dir / f"{name}.png").write_bytes(png)
-        truth[name] = [
-            {"colour": o.colour, "shape": o.shape, "size": o.size, "row": o.row, "col": o.col} for o in objects
-        ]
-        token_lines.extend(f"{name}.png#{k}\t{caption}\n" for k, caption in enumerate(captions))
+def _collect(results: Any, image_dir: Path, truth: dict[str, list[dict[str, Any]]], token_lines: list[str],
+             progress: bool = False, total: int | None = None) -> None:
+    with Bar("synthetic images", total, progress) as bar:
+        for item in results:
+            _write_one(item, image_dir, truth, token_lines)
+            bar.advance()
+
+
+def _write_one(item: Any, image_dir: Path, truth: dict[str, list[dict[str, Any]]], token_lines: list[str]) -> None:
+    name, png, objects, captions = item
+    (image_dir / f"{name}.png").write_bytes(png)
+    truth[name] = [{"colour": o.colour, "shape": o.shape, "size": o.size, "row": o.row, "col": o.col} for o in objects]
+    token_lines.extend(f"{name}.png#{k}\t{caption}\n" for k, caption in enumerate(captions))
 
 
 def load_truth(path: str | os.PathLike[str]) -> dict[str, list[SynthObject]]:
@@ -626,7 +634,7 @@ def load_truth(path: str | os.PathLike[str]) -> dict[str, list[SynthObject]]:
     if file.is_dir():
         file = file / TRUTH_FILE
     if not file.is_file():
-        raise DataError(f"{file}: synthetic ground truth not found; generate it with `captune data synth OUT`")
+        raise DataError(f"{file}: synthetic ground truth not found; generate it with `captune data synth --out OUT`")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
         return {name: [SynthObject(**o) for o in objects] for name, objects in data["images"].items()}

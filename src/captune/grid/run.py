@@ -23,6 +23,7 @@ from captune.errors import DataError, UserError
 from captune.faults import maybe_kill
 from captune.generate.systems import System, default_systems, system_from
 from captune.io import atomic_write_json, atomic_write_text
+from captune.progress import Bar
 
 PRED_DIR = "predictions"
 
@@ -175,8 +176,10 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
             keys = [image_file_key(r.path) for r in records]
             bs = cfg.generate.batch_size
             t = time.perf_counter()
-            store.ensure(keys, lambda idx: encode_images(
-                model, pixel_values([records[i].path for i in idx], image_processor).to(captioner.device)), bs)
+            with Bar("vision features", sum(1 for k in dict.fromkeys(keys) if k not in store), progress) as bar:
+                store.ensure(keys, lambda idx: encode_images(
+                    model, pixel_values([records[i].path for i in idx], image_processor).to(captioner.device)), bs,
+                    progress=bar.advance)
             timings["encode_images"] = time.perf_counter() - t
             # Q-Former outputs once per adapter state, shared by every system in that state.
             t = time.perf_counter()
@@ -185,7 +188,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                 parts = [captioner.lm_inputs(store.get(keys[i:i + bs]), state) for i in range(0, len(keys), bs)]
                 lm_inputs[state] = torch.cat(parts)
             timings["qformer"] = time.perf_counter() - t
-            bar = _Bar(progress, sum(len(records) * s.samples for s in todo))
+            bar = Bar("captions", sum(len(records) * s.samples for s in todo), progress)
             written = 0
             try:
                 # Images outer, systems inner: each batch's image prefill (OPT's KV cache of the query
@@ -220,7 +223,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                             timings=timings)
         if scorer is not None and score:
             t = time.perf_counter()
-            result.scores = score_grid(cfg, scorer, systems, image_ids, pred_dir, skipped)
+            result.scores = score_grid(cfg, scorer, systems, image_ids, pred_dir, skipped, progress=progress)
             timings["score"] = time.perf_counter() - t
         if start_scorer and not score:
             result.scorer, scorer = scorer, None  # handed over open
@@ -233,8 +236,9 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
 
 
 def score_grid(cfg: RunConfig, scorer, systems: list[System], image_ids: list[int], pred_dir: Path,
-               skipped: list[str]) -> dict[str, Any]:
+               skipped: list[str], progress: bool = False) -> dict[str, Any]:
     """Score every system (and the extra samples of sampling systems) and write scores.json + results."""
+    scorer.progress = progress  # the METEOR bar while scoring waits for its segments
     from captune.metrics import build_report
 
     captions = {}
@@ -274,7 +278,7 @@ def score_grid(cfg: RunConfig, scorer, systems: list[System], image_ids: list[in
             families = human_families(cfg.eval.metrics, "coco/METEOR" not in scorer.unavailable)
             extra["human"] = cached_human_report(scorer.refs, metrics=families,
                                           bootstrap_samples=cfg.eval.bootstrap_samples,
-                                          seed=cfg.eval.bootstrap_seed, meteor=scorer.meteor)
+                                          seed=cfg.eval.bootstrap_seed, meteor=scorer.meteor, progress=progress)
         except Exception as exc:  # the human row is optional context; never lose the grid for it
             extra["human_unavailable"] = f"{type(exc).__name__}: {exc}"
     report = build_report(scorer, {n: results[n] for n in captions if n in names}, comparisons, extra=extra)
@@ -342,25 +346,3 @@ def write_results_table(run_dir: Path, report: dict[str, Any]) -> None:
             cells.append("–" if v is None else (f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{v:.3f}"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
-
-
-class _Bar:
-    def __init__(self, enabled: bool, total: int) -> None:
-        import os
-
-        self.progress = None
-        if enabled and os.environ.get("CAPTUNE_NO_PROGRESS") != "1":
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("captions"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                     TextColumn("{task.fields[system]}"), TimeRemainingColumn())
-            self.task = self.progress.add_task("grid", total=total, system="")
-            self.progress.start()
-
-    def advance(self, n: int, system: str) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, advance=n, system=system)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()

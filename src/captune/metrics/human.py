@@ -25,6 +25,7 @@ from captune.errors import DataError
 from captune.metrics.meteor import MeteorProcess
 from captune.metrics.stats import percentile_ci
 from captune.metrics.suite import CI_NONE, FAMILIES, MetricResult, Scorer, SystemResult, build_report
+from captune.progress import Bar
 
 
 def rotations(refs: Mapping[Any, Sequence[str]]) -> list[tuple[dict[Any, list[str]], dict[Any, str]]]:
@@ -50,6 +51,7 @@ def human_baseline(
     meteor: MeteorProcess | None = None,
     name: str = "human",
     token_cache: dict[str, str] | None = None,
+    progress: bool = False,
 ) -> tuple[SystemResult, list[SystemResult], Scorer]:
     """Rotation-averaged human scores, the per-rotation results, and the last rotation's scorer
     (for its settings and unavailable-metric record)."""
@@ -59,12 +61,16 @@ def human_baseline(
     cache: dict[str, str] = token_cache if token_cache is not None else {}
     per_rotation: list[SystemResult] = []
     scorer: Scorer | None = None
+    rounds = rotations(refs)
+    bar = Bar("human baseline rotations", len(rounds), progress)
     try:
-        for j, (rest, held) in enumerate(rotations(refs)):
+        for j, (rest, held) in enumerate(rounds):
             scorer = Scorer(rest, metrics=families, bootstrap_samples=bootstrap_samples, seed=seed,
                             meteor=process, token_cache=cache, spice=False)
             per_rotation.append(scorer.score({f"{name}-{j}": held})[f"{name}-{j}"])
+            bar.advance()
     finally:
+        bar.close()
         if own and process is not None:
             process.close()
     assert scorer is not None

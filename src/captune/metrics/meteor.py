@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -359,8 +359,10 @@ class MeteorProcess:
                 self._read(self.startup_timeout)
                 self._warm = True
 
-    def segment_stats(self, pairs: Sequence[tuple[str, Sequence[str]]], chunk: int = 64) -> np.ndarray:
-        """Sufficient statistics (n, 23) for (hypothesis, references) pairs, in order."""
+    def segment_stats(self, pairs: Sequence[tuple[str, Sequence[str]]], chunk: int = 64,
+                      progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Sufficient statistics (n, 23) for (hypothesis, references) pairs, in order; `progress(n)` is
+        told after each chunk of n segments (a progress bar's advance)."""
         out = np.zeros((len(pairs), N_STATS))
         if not pairs:
             return out
@@ -382,6 +384,8 @@ class MeteorProcess:
                     if len(values) != N_STATS:
                         raise self._fail(f"unexpected answer {line[:80]!r} for segment {i}")
                     out[i] = [float(v) for v in values]
+                if progress is not None:
+                    progress(min(start + chunk, len(pairs)) - start)
         return out
 
     def eval_stats(self, stats: np.ndarray) -> tuple[list[float], float]:

@@ -51,6 +51,7 @@ from captune.metrics.stats import (
     swap_masks,
 )
 from captune.metrics.tokenize import TokenizerError, fallback_tokenize, ptb_tokenize
+from captune.progress import Bar
 
 
 class _Timer:
@@ -156,6 +157,7 @@ class Scorer:
         meteor: MeteorProcess | None = None,
         java: JavaRuntime | None = None,
         token_cache: dict[str, str] | None = None,
+        progress: bool = False,
     ) -> None:
         self.families = tuple(dict.fromkeys(m.strip().lower() for m in metrics if m.strip()))
         unknown = [m for m in self.families if m not in FAMILIES]
@@ -203,6 +205,9 @@ class Scorer:
         self._tokenize_jobs: list[Future[None]] = []
         self._meteor_jobs: list[Future[None]] = []
         self._meteor_queued: set[tuple[Any, str]] = set()  # raw (image id, caption) pairs already queued
+        # METEOR segments sent / scored, and the bar `score()` shows while it waits for them.
+        self.progress, self._meteor_total, self._meteor_done = progress, 0, 0
+        self._meteor_bar: Bar | None = None
         self._prep_error: BaseException | None = None
         # Set once the references' PTB tokens exist: METEOR needs only those, not the rest of preparation.
         self._ref_tokens_ready = threading.Event()
@@ -317,8 +322,12 @@ class Scorer:
             assert self.meteor is not None
             with _Timer(self.timings, "meteor thread: JVM warm-up"):
                 self.meteor.warm_up()
+            self._meteor_total += len(keys)
+            if self._meteor_bar is not None:
+                self._meteor_bar.set_total(self._meteor_total)
             with _Timer(self.timings, "meteor thread: segments"):
-                stats = self.meteor.segment_stats([(tok, self.coco_ref_tokens[i]) for i, tok in keys])
+                stats = self.meteor.segment_stats([(tok, self.coco_ref_tokens[i]) for i, tok in keys],
+                                                  progress=self._meteor_scored)
             self.timings["meteor thread: segments scored"] = self.timings.get("meteor thread: segments scored", 0) \
                 + len(keys)
             self._meteor_stats.update(zip(keys, stats, strict=True))
@@ -326,6 +335,11 @@ class Scorer:
             self.unavailable["coco/METEOR"] = str(exc)
         except Exception as exc:
             self.unavailable["coco/METEOR"] = f"METEOR unavailable: {type(exc).__name__}: {exc}"
+
+    def _meteor_scored(self, n: int) -> None:
+        self._meteor_done += n
+        if self._meteor_bar is not None:
+            self._meteor_bar.advance(n)
 
     def _tokenize_job(self, texts: list[str]) -> None:
         self._ref_tokens()
@@ -385,7 +399,14 @@ class Scorer:
         with _Timer(t, "score: diversity, statistics"):  # everything but METEOR, while its JVM still runs
             partial = {name: self._system_stats(c) for name, c in caps.items()}
         with _Timer(t, "score: wait for METEOR"):
-            self._wait(self._meteor_jobs)
+            if self.progress and self._meteor_jobs:
+                self._meteor_bar = Bar("METEOR segments", self._meteor_total, completed=self._meteor_done)
+            try:
+                self._wait(self._meteor_jobs)
+            finally:
+                bar, self._meteor_bar = self._meteor_bar, None
+                if bar is not None:
+                    bar.close()
         with _Timer(t, "score: bootstrap"):
             return {name: self._finish(name, self._with_meteor(caps[name], stats), fixed, top)
                     for name, (stats, fixed, top) in partial.items()}
@@ -600,6 +621,7 @@ def score_systems(
     per_image: bool = True,
     meteor: MeteorProcess | None = None,
     token_cache: dict[str, str] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score systems against references and return the scores.json document.
 
@@ -608,6 +630,7 @@ def score_systems(
     with Scorer(
         refs, metrics=metrics, bootstrap_samples=bootstrap_samples, seed=seed, paired_trials=paired_trials,
         spice=spice, train_captions=train_captions, self_bleu=self_bleu, meteor=meteor, token_cache=token_cache,
+        progress=progress,
     ) as scorer:
         results = scorer.score(systems)
         names = list(results)

@@ -69,7 +69,8 @@ def _write_thumbnails(gallery: Gallery, run_dir: Path) -> dict[int, Path]:
     return out
 
 
-def build_report(run_dir: str | Path, formats: str | Iterable[str] = ("md", "html")) -> ReportPaths:
+def build_report(run_dir: str | Path, formats: str | Iterable[str] = ("md", "html"),
+                 progress: bool = False) -> ReportPaths:
     """Write the asked-for report files and the figures into the run directory; return their paths."""
     wanted = parse_formats(formats)
     run: RunData = load_run(run_dir, with_images=bool({"md", "html"} & set(wanted)))
@@ -87,7 +88,7 @@ def build_report(run_dir: str | Path, formats: str | Iterable[str] = ("md", "htm
     if not {"md", "html"} & set(wanted):
         return paths
 
-    figures = write_figures(run, table, run.run_dir / FIG_DIR)
+    figures = write_figures(run, table, run.run_dir / FIG_DIR, progress)
     paths.figures = list(figures.values())
     gallery = build_gallery(run)
     sections = setup_sections(run)

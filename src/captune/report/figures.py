@@ -16,6 +16,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from captune.io import atomic_write_bytes
 from captune.metrics.diversity import normalise
+from captune.progress import Bar
 from captune.report.load import RunData
 from captune.report.tables import MainTable
 
@@ -190,13 +191,16 @@ FIGURES = {
 }
 
 
-def write_figures(run: RunData, table: MainTable, out_dir: Path) -> dict[str, Path]:
+def write_figures(run: RunData, table: MainTable, out_dir: Path, progress: bool = False) -> dict[str, Path]:
     """Render every figure the run has data for; returns file name -> path (absent ones are left out)."""
-    made = {"loss.png": loss_figure(run), "metrics.png": metric_bars(run, table),
-            "mode_collapse.png": mode_collapse_figure(run, table)}
+    makers = {"loss.png": lambda: loss_figure(run), "metrics.png": lambda: metric_bars(run, table),
+              "mode_collapse.png": lambda: mode_collapse_figure(run, table)}
     paths = {}
-    for name, data in made.items():
-        if data is not None:
-            atomic_write_bytes(out_dir / name, data)
-            paths[name] = out_dir / name
+    with Bar("report figures", len(makers), progress) as bar:
+        for name, make in makers.items():
+            data = make()
+            if data is not None:
+                atomic_write_bytes(out_dir / name, data)
+                paths[name] = out_dir / name
+            bar.advance()
     return paths

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from captune.model.features import (
     store_for,
 )
 from captune.model.lora import summarize_parameters
+from captune.progress import Bar
 from captune.train.batches import CaptionCollator, TextBatch, next_token_targets
 from captune.train.checkpoint import complete_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 
@@ -294,7 +294,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
             f"LoRA on {len(placement.modules)} modules; frozen: vision encoder, LM, Q-Former base weights"
         )
 
-    bar = _progress(progress and accelerator.is_main_process, total_steps, loop["step"])
+    bar = Bar("train", total_steps, progress and accelerator.is_main_process, completed=loop["step"], elapsed=True)
     micro = tc.batch_size // world
     model.train()
     last_loss: float | None = None
@@ -375,7 +375,9 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
                 else:
                     record["skipped"] = "non-finite loss"
                 logger.write(record)
-            bar.update(loop["step"], last_loss, scheduler.get_last_lr()[0], per_step / dt if dt > 0 else 0.0)
+            lr, sps = scheduler.get_last_lr()[0], per_step / dt if dt > 0 else 0.0
+            bar.update(loop["step"], f"loss {last_loss:.4f} lr {lr:.2e} {sps:.1f} samples/s"
+                       if last_loss is not None else f"lr {lr:.2e}")
             if loop["consecutive_bad"] >= tc.max_bad_steps:
                 raise TrainingError(
                     f"{run_dir}: the loss was non-finite for {loop['consecutive_bad']} steps in a row "
@@ -546,30 +548,3 @@ def _prepare_images(records, model, image_processor, store, cfg: RunConfig, acce
                           f"first: {skipped[0]}")
     usable = [i for i in range(len(records)) if i not in problems]
     return keys, usable, skipped
-
-
-class _Progress:
-    def __init__(self, enabled: bool, total: int, start: int) -> None:
-        self.enabled = enabled
-        self.progress = None
-        if enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                     transient=False)
-            self.task = self.progress.add_task("train", total=total, completed=start, info="")
-            self.progress.start()
-
-    def update(self, step: int, loss: float | None, lr: float, sps: float) -> None:
-        if self.progress is not None:
-            info = f"loss {loss:.4f} lr {lr:.2e} {sps:.1f} samples/s" if loss is not None else f"lr {lr:.2e}"
-            self.progress.update(self.task, completed=step, info=info)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-
-def _progress(enabled: bool, total: int, start: int) -> _Progress:
-    return _Progress(enabled and os.environ.get("CAPTUNE_NO_PROGRESS") != "1", total, start)
