@@ -13,6 +13,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -423,10 +424,21 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _yaml_numbers(data)
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read YAML (optional), apply `--set` overrides, validate. Errors name the file and key."""
+def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] | None = None,
+                **sections: Any) -> RunConfig:
+    """Read YAML (optional), apply `--set` overrides, then keyword sections (from Python:
+    `load_config(model={"name_or_path": "tiny-opt"}, train={"max_steps": 10}, name="try")`), validate.
+    Errors name the file and key."""
     data = read_yaml(path) if path is not None else {}
-    apply_overrides(data, overrides or [])
+    apply_overrides(data, list(overrides or []))
+    for key, value in sections.items():
+        if isinstance(value, Mapping):
+            section = data.setdefault(key, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"config key {key!r}: is not a section; pass {key}=<value> instead")
+            section.update(value)
+        else:
+            data[key] = value
     try:
         return config_from_dict(data)
     except ConfigError as exc:

@@ -9,27 +9,12 @@ import typer
 from rich.console import Console
 
 from captune.cli import app, say
-from captune.config import RunConfig, load_config
-from captune.errors import ConfigError
+from captune.config import load_config
 
 if TYPE_CHECKING:
-    from captune.data.records import LoadedDataset
+    pass
 
 console = Console()
-
-
-def _check_enough_captions(cfg: RunConfig, dataset: LoadedDataset) -> None:
-    """One optimizer step needs batch_size x grad_accum captions; with fewer the epoch loop never steps."""
-    tc = cfg.train
-    records = dataset.select(cfg.data.train_split)
-    pairs = sum(len(r.refs) for r in records) if tc.captions_per_image == "all" else sum(1 for r in records if r.refs)
-    per_step = tc.batch_size * tc.grad_accum
-    if records and pairs < per_step:
-        raise ConfigError(
-            f"config key 'train.batch_size': split {cfg.data.train_split!r} of {cfg.data.path} has {pairs} training "
-            f"captions, fewer than one step's train.batch_size x train.grad_accum = {per_step}; lower "
-            "train.batch_size (or add data)"
-        )
 
 
 @app.command("train")
@@ -40,13 +25,10 @@ def train_command(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (logs still written)."),
 ) -> None:
     """Fine-tune LoRA adapters (frozen ViT and LM) and write the run directory."""
-    from captune.data import load_dataset_from_config
-    from captune.train.loop import train
+    from captune.api import finetune
 
     cfg = load_config(config, set_)
-    dataset = load_dataset_from_config(cfg.data)
-    _check_enough_captions(cfg, dataset)
-    result = train(cfg, resume=resume, progress=not no_progress, dataset=dataset)
+    result = finetune(cfg, resume=resume, progress=not no_progress)
     if result.summary:
         s = result.summary
         console.print(

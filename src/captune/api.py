@@ -1,0 +1,94 @@
+"""captune from Python: each CLI stage as one function, on the code the CLI itself calls.
+
+    import captune
+    cfg = captune.load_config("configs/flickr8k-blip2-opt-2.7b.yaml", train={"epochs": 1})
+    captune.run(cfg)                       # finetune -> grid -> report, resumable
+    scores = captune.evaluate(cfg)         # the baseline grid alone: the scores.json document
+
+Functions take a RunConfig (or a YAML path) and return plain results; progress bars are off unless asked
+for (`progress=True`), since a notebook or a script is rarely a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from captune.config import RunConfig, load_config
+from captune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from captune.data.records import LoadedDataset
+    from captune.data.synth import SynthSummary
+    from captune.pipeline import PipelineResult
+    from captune.report import ReportPaths
+    from captune.train.loop import TrainResult
+
+PathLike = str | os.PathLike[str]
+
+# `finetune` and `write_report`, not `train` / `report`: those names are captune's subpackages, and an
+# import of `captune.train.loop` would replace a function of that name on the package.
+__all__ = ["check_enough_captions", "evaluate", "finetune", "load_config", "run", "synthesize", "write_report"]
+
+
+def _config(config: RunConfig | PathLike) -> RunConfig:
+    return config if isinstance(config, RunConfig) else load_config(config)
+
+
+def check_enough_captions(cfg: RunConfig, dataset: LoadedDataset) -> None:
+    """One optimizer step needs batch_size x grad_accum captions; with fewer the epoch loop never steps."""
+    tc = cfg.train
+    records = dataset.select(cfg.data.train_split)
+    pairs = sum(len(r.refs) for r in records) if tc.captions_per_image == "all" else sum(1 for r in records if r.refs)
+    per_step = tc.batch_size * tc.grad_accum
+    if records and pairs < per_step:
+        raise ConfigError(
+            f"config key 'train.batch_size': split {cfg.data.train_split!r} of {cfg.data.path} has {pairs} training "
+            f"captions, fewer than one step's train.batch_size x train.grad_accum = {per_step}; lower "
+            "train.batch_size (or add data)"
+        )
+
+
+def finetune(config: RunConfig | PathLike, *, resume: bool = False, progress: bool = False) -> TrainResult:
+    """Fine-tune the LoRA adapters; the adapter lands in `RUN_DIR/adapter` (PEFT layout)."""
+    from captune.data import load_dataset_from_config
+    from captune.train.loop import train as train_loop
+
+    cfg = _config(config)
+    dataset = load_dataset_from_config(cfg.data)
+    check_enough_captions(cfg, dataset)
+    return train_loop(cfg, resume=resume, progress=progress, dataset=dataset)
+
+
+def evaluate(config: RunConfig | PathLike, *, adapter: PathLike | None = None,
+             progress: bool = False) -> dict[str, Any]:
+    """The baseline grid on the eval split (predictions/, scores.json, results.md); returns scores.json."""
+    from captune.grid.run import run_grid
+
+    result = run_grid(_config(config), adapter_dir=adapter, progress=progress)
+    return result.scores
+
+
+def run(config: RunConfig | PathLike, *, progress: bool = False) -> PipelineResult:
+    """Train, evaluate and report in one run directory; a rerun resumes what was interrupted."""
+    from captune.pipeline import run_pipeline
+
+    return run_pipeline(_config(config), progress=progress)
+
+
+def write_report(run_dir: PathLike, formats: str | Iterable[str] = ("md", "html"), *,
+           progress: bool = False) -> ReportPaths:
+    """Write report.md / report.html / report.tex and figures/ from a run directory's files."""
+    from captune.report import build_report, parse_formats
+
+    return build_report(run_dir, parse_formats(formats), progress=progress)
+
+
+def synthesize(out: PathLike, *, scale: float = 1.0, seed: int = 0, progress: bool = False,
+               **settings: Any) -> SynthSummary:
+    """The synthetic fine-grained benchmark (Flickr8K layout + ground truth), as `captune data synth`."""
+    from captune.data.synth import generate_synth
+
+    return generate_synth(Path(out), scale=scale, seed=seed, progress=progress, **settings)
