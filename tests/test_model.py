@@ -15,7 +15,7 @@ from captune.errors import ConfigError, ModelError
 from captune.model.adapters import check_adapter_fits, export_merged, load_adapter, save_adapter
 from captune.model.load import load_blip2
 from captune.model.lora import apply_lora, matching_modules, summarize_parameters
-from captune.model.presets import PUBLISHED_PARAMS, REAL_CONFIGS, build_meta_model
+from captune.model.presets import PUBLISHED_PARAMS, build_meta_model
 from captune.model.tiny import TinySpec, build_tiny_blip2
 
 
@@ -190,7 +190,7 @@ def test_pickle_adapter_is_refused(tmp_path: Path) -> None:
         load_adapter(model, folder)
 
 
-@pytest.mark.parametrize("name", list(REAL_CONFIGS))
+@pytest.mark.parametrize("name", list(PUBLISHED_PARAMS))
 def test_real_configs_match_published_counts_and_presets_stay_small(name: str) -> None:
     model = build_meta_model(name)
     total = sum(p.numel() for p in model.parameters())

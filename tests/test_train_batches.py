@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from captune.model.conventions import caption_end_id
 from captune.model.tiny import TinySpec, build_tiny_blip2
 from captune.train.batches import IGNORE, CaptionCollator, next_token_targets, target_caption
 
@@ -16,6 +17,7 @@ def tokenizers():
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_opt_labels_only_on_caption_and_eos(tokenizers, side: str) -> None:
     tok = tokenizers["opt"]
+    end = caption_end_id(tok, "opt")  # "\n", the published OPT checkpoints' EOS
     image_id, q = 999, 4
     collator = CaptionCollator(tok, "opt", image_id, q, prompt="a photo of", padding_side=side)
     captions = ["A dog runs.", "two children are playing in the water at the beach"]
@@ -27,16 +29,16 @@ def test_opt_labels_only_on_caption_and_eos(tokenizers, side: str) -> None:
         mask = batch.attention_mask[row].tolist()
         real = [i for i, m in enumerate(mask) if m == 1]
         start = real[0]
-        # layout: [<image>]*q, BOS, prompt, caption, EOS — padding on the chosen side only
+        # layout: [<image>]*q, BOS, prompt, caption, "\n" — padding on the chosen side only
         assert ids[start:start + q] == [image_id] * q
         assert ids[start + q] == tok.bos_token_id
         assert ids[start + q + 1:start + q + 1 + len(prompt_ids)] == prompt_ids
         caption_start = start + q + 1 + len(prompt_ids)
         full = tok(f"a photo of {target_caption(captions[row])}", add_special_tokens=False)["input_ids"]
         caption_ids = full[len(prompt_ids):]
-        assert ids[caption_start:real[-1] + 1] == [*caption_ids, tok.eos_token_id]
+        assert ids[caption_start:real[-1] + 1] == [*caption_ids, end]
         expected = [IGNORE] * len(ids)
-        for k, tid in enumerate([*caption_ids, tok.eos_token_id]):
+        for k, tid in enumerate([*caption_ids, end]):
             expected[caption_start + k] = tid
         assert labels == expected
         pads = [i for i, m in enumerate(mask) if m == 0]
@@ -51,7 +53,7 @@ def test_opt_empty_prompt_masks_image_and_bos(tokenizers) -> None:
     ids, labels = batch.input_ids[0].tolist(), batch.labels[0].tolist()
     assert ids[:4] == [999, 999, 999, tok.bos_token_id]
     assert labels[:4] == [IGNORE] * 4
-    assert labels[4:] == ids[4:] and ids[-1] == tok.eos_token_id
+    assert labels[4:] == ids[4:] and ids[-1] == caption_end_id(tok, "opt")
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -78,7 +80,7 @@ def test_caption_truncation_keeps_eos(tokenizers) -> None:
     tok = tokenizers["opt"]
     batch = CaptionCollator(tok, "opt", 999, 2, max_caption_tokens=3)(["one two three four five six seven"])
     labels = [x for x in batch.labels[0].tolist() if x != IGNORE]
-    assert len(labels) == 4 and labels[-1] == tok.eos_token_id
+    assert len(labels) == 4 and labels[-1] == caption_end_id(tok, "opt")
 
 
 def test_target_caption_normalises_lightly() -> None:

@@ -20,6 +20,7 @@ import torch
 
 from captune.errors import ConfigError
 from captune.generate.systems import DecodeSettings
+from captune.model.conventions import end_token_ids
 from captune.model.features import encode_images, query_features, unwrap
 from captune.train.batches import CaptionCollator
 
@@ -120,6 +121,8 @@ class Captioner:
         self.device = next(self.blip.parameters()).device
         self.tokenizer = processor.tokenizer
         self._prompt_ids: dict[str, list[int]] = {}  # a grid asks for the same few prompts every batch
+        # OPT checkpoints end captions with "\n" (their config's EOS), the tokenizer with </s>: stop on all.
+        self.end_ids = end_token_ids(self.blip, self.tokenizer, family)
 
     def adapter_context(self, adapter: bool):
         """peft's `disable_adapter()` for the base systems; a no-op when the adapter is wanted."""
@@ -136,14 +139,12 @@ class Captioner:
             return query_features(self.model, image_embeds.to(self.device))
 
     def _never_generate(self) -> list[int]:
-        """Padding, `<image>`, a BOS distinct from EOS and ids past the tokenizer are never part of a caption."""
+        """Padding, `<image>`, a BOS that is no end token and ids past the tokenizer are never part of a caption."""
         tok = self.tokenizer
-        ids = {tok.pad_token_id, self.blip.config.image_token_index}
-        if tok.bos_token_id is not None and tok.bos_token_id != tok.eos_token_id:
-            ids.add(tok.bos_token_id)
+        ids = {tok.pad_token_id, self.blip.config.image_token_index, tok.bos_token_id}
         vocab = self.blip.language_model.config.vocab_size
         ids.update(range(len(tok), vocab))  # rows padding the embedding to a multiple of 64: no token
-        ids.discard(tok.eos_token_id)
+        ids.difference_update(self.end_ids)
         return sorted(i for i in ids if i is not None and i < vocab)
 
     def _prompt_rows(self, prompts: Sequence[str]) -> list[list[int]]:
@@ -263,7 +264,7 @@ class Captioner:
                                   f"beam search give at most num_beams captions per image (system {job.name!r})")
         first = jobs[0].settings
         kwargs = first.generate_kwargs()
-        kwargs.update(pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+        kwargs.update(pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.end_ids,
                       suppress_tokens=self._never_generate())
         per_row = first.num_beams == 1 and not first.global_rng
         if per_row:  # each job's penalties and sampling go to its own rows; generate itself runs greedy
@@ -304,6 +305,7 @@ class Captioner:
             # Penalties apply to generated tokens only (the prompt is given as embeddings): intended.
             warnings.filterwarnings("ignore", message="Passing `(repetition_penalty|no_repeat_ngram_size)`")
             out = lm.generate(inputs_embeds=torch.cat(parts), attention_mask=torch.cat(masks), **kwargs)
+        # A row ends at its first end token; "\n" is no special token, so the whitespace join drops it.
         texts = [" ".join(t.split()) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
         results, start = [], 0
         for job in jobs:

@@ -9,6 +9,11 @@ Facts this module encodes (each silently breaks a random tiny model otherwise):
 - a tied OPT embedding at std 0.02 gives near-uniform logits: frozen embeddings are scaled like a
   trained LM's so that the distributions can be peaked, and the image inputs to the LM (the
   language projection's output) get the same scale, or the image is drowned out by the text.
+
+Every config is a published one (`captune.model.presets`) shrunk: only sizes, dropout and initialisation
+scales change; special tokens keep their roles (OPT: `</s>` BOS, `<pad>`, "\n" as EOS; Flan-T5: `<pad>` as
+pad and decoder start, `</s>` as EOS and BOS), and so do the image processor's settings. With the real
+vocabularies (`tokenizer_dir`, e.g. ../shared/tokenizers/opt) the ids themselves match (50118, 50265, …).
 """
 
 from __future__ import annotations
@@ -27,9 +32,16 @@ from transformers import (
     PreTrainedTokenizerBase,
     T5Config,
 )
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
+from captune.model.conventions import caption_end_id
+from captune.model.presets import (
+    IMAGE_PROCESSOR,
+    QFORMER_CONFIG,
+    VISION_CONFIG,
+    flan_t5_text_config,
+    opt_text_config,
+)
 from captune.model.tokenizers import (
     opt_tokenizer_from_dir,
     t5_tokenizer_from_dir,
@@ -79,13 +91,10 @@ def build_tokenizer(spec: TinySpec, texts: Iterable[str] | None = None) -> PreTr
 
 
 def build_processor(spec: TinySpec, tokenizer: PreTrainedTokenizerBase) -> Blip2Processor:
-    """BLIP-2's processor: CLIP-normalised square images, `<image>` × num_query_tokens before the text."""
+    """BLIP-2's processor with the published settings (bicubic, CLIP mean/std) at the tiny image size,
+    `<image>` × num_query_tokens before the text."""
     image_processor = BlipImageProcessorPil(
-        size={"height": spec.image_size, "width": spec.image_size},
-        image_mean=OPENAI_CLIP_MEAN,
-        image_std=OPENAI_CLIP_STD,
-        do_convert_rgb=True,
-    )
+        **IMAGE_PROCESSOR, size={"height": spec.image_size, "width": spec.image_size})
     return Blip2Processor(image_processor, tokenizer, num_query_tokens=spec.num_query_tokens)
 
 
@@ -95,6 +104,7 @@ def build_config(spec: TinySpec, tokenizer: PreTrainedTokenizerBase) -> Blip2Con
     # Vocabulary rounded up to a multiple of 64, like the released checkpoints.
     vocab = (len(tokenizer) + 63) // 64 * 64
     vision = {
+        **VISION_CONFIG,
         "hidden_size": spec.vision_hidden,
         "intermediate_size": spec.vision_hidden * 4,
         "num_hidden_layers": spec.vision_layers,
@@ -105,6 +115,7 @@ def build_config(spec: TinySpec, tokenizer: PreTrainedTokenizerBase) -> Blip2Con
         "attention_dropout": spec.dropout,
     }
     qformer = {
+        **QFORMER_CONFIG,
         "hidden_size": spec.qformer_hidden,
         "num_hidden_layers": spec.qformer_layers,
         "num_attention_heads": spec.qformer_heads,
@@ -118,39 +129,29 @@ def build_config(spec: TinySpec, tokenizer: PreTrainedTokenizerBase) -> Blip2Con
         "hidden_dropout_prob": spec.dropout,
         "attention_probs_dropout_prob": spec.dropout,
     }
+    # The published text configs at tiny sizes; special ids by role, from this tokenizer.
     if spec.family == "opt":
-        text = OPTConfig(
-            vocab_size=vocab,
-            hidden_size=spec.lm_hidden,
-            word_embed_proj_dim=spec.lm_hidden,
-            num_hidden_layers=spec.lm_layers,
-            num_attention_heads=spec.lm_heads,
-            ffn_dim=spec.lm_ffn,
-            max_position_embeddings=spec.max_positions + spec.num_query_tokens,
-            do_layer_norm_before=True,
-            dropout=spec.dropout,
-            attention_dropout=spec.dropout,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            tie_word_embeddings=True,
-        )
+        text = OPTConfig(**{
+            **opt_text_config(spec.lm_hidden, spec.lm_ffn, spec.lm_layers, spec.lm_heads),
+            "vocab_size": vocab,
+            "max_position_embeddings": spec.max_positions + spec.num_query_tokens,
+            "dropout": spec.dropout,
+            "attention_dropout": spec.dropout,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": caption_end_id(tokenizer, "opt"),  # "\n", as in the published checkpoints
+        })
     else:
-        text = T5Config(
-            vocab_size=vocab,
-            d_model=spec.lm_hidden,
-            d_kv=spec.lm_hidden // spec.lm_heads,
-            d_ff=spec.lm_ffn,
-            num_layers=spec.lm_layers,
-            num_decoder_layers=spec.lm_layers,
-            num_heads=spec.lm_heads,
-            feed_forward_proj="gated-gelu",
-            dropout_rate=spec.dropout,
-            tie_word_embeddings=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
+        text = T5Config(**{
+            **flan_t5_text_config(spec.lm_hidden, spec.lm_ffn, spec.lm_layers, spec.lm_heads),
+            "vocab_size": vocab,
+            "d_kv": spec.lm_hidden // spec.lm_heads,
+            "dropout_rate": spec.dropout,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.eos_token_id,  # T5 has no BOS; the releases name `</s>`
+            "eos_token_id": tokenizer.eos_token_id,
+            "decoder_start_token_id": tokenizer.pad_token_id,
+        })
     return Blip2Config(
         vision_config=vision,
         qformer_config=qformer,

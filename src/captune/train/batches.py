@@ -1,7 +1,7 @@
 """Tokenise (prompt, caption) pairs into BLIP-2 training batches with the loss only where it belongs.
 
-Labels are -100 on `<image>` tokens, padding, BOS and prompt tokens; EOS is appended to every target
-so the model learns to stop. OPT: `[<image>]*Q + BOS + prompt + caption + EOS` in one sequence.
+Labels are -100 on `<image>` tokens, padding, BOS and prompt tokens; an end token is appended to every
+target so the model learns to stop. OPT: `[<image>]*Q + BOS + prompt + caption + "\n"` in one sequence.
 Flan-T5: encoder gets `[<image>]*Q + prompt + </s>`, the decoder target is `caption + </s>`.
 (The PEFT BLIP-2 notebook passes `labels=input_ids`, training on padding and image tokens.)
 """
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from captune.model.conventions import caption_end_id
 
 IGNORE = -100
 
@@ -69,6 +71,9 @@ class CaptionCollator:
         self.padding_side = padding_side
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
+        # OPT targets end with "\n" as LAVIS trains them: the published checkpoints' EOS, so a fine-tuned
+        # model ends a caption exactly where its zero-shot base does (decoding stops on both "\n" and </s>).
+        self.end_id = caption_end_id(tokenizer, family)
         self._prompt_ids = self._encode(self.prompt) if self.prompt else []
         self._caption_cache: dict[str, list[int]] = {}
 
@@ -105,7 +110,7 @@ class CaptionCollator:
                                                                                             strict=True)]
         else:
             ids = self.tok(texts, add_special_tokens=False)["input_ids"]
-        return [[*i[: self.max_caption_tokens], self.eos_id] for i in ids]
+        return [[*i[: self.max_caption_tokens], self.end_id] for i in ids]
 
     def __call__(self, captions: list[str]) -> TextBatch:
         if self.family == "opt":
