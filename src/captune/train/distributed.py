@@ -58,11 +58,12 @@ def fill_store(paths: Sequence[str | os.PathLike[str]], keys: Sequence[str], sto
     """
     if world == 1 or store.directory is None:
         return encode_readable(paths, keys, store, encode, image_processor, batch_size)
+    # Shares of all images, not of the missing ones: what each process finds missing depends on when
+    # it opened the store (another may already have written), and the shares must not depend on that.
     first: dict[str, int] = {}
     for i, key in enumerate(keys):
-        if key not in store:
-            first.setdefault(key, i)
-    mine = sorted(first.values())[rank::world]
+        first.setdefault(key, i)
+    mine = sorted(first.values())[rank::world]  # encode_readable skips those already cached
     encode_readable([paths[i] for i in mine], [keys[i] for i in mine], store, encode, image_processor, batch_size)
     barrier()
     store.refresh()
