@@ -49,7 +49,7 @@ def refuse_unsupported_launch(distributed_type: object = None) -> None:
 def fill_store(paths: Sequence[str | os.PathLike[str]], keys: Sequence[str], store: VisionFeatureStore,
                encode: Callable[[torch.Tensor], torch.Tensor], image_processor, batch_size: int,
                rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None) -> dict[int, str]:
-    """`encode_readable` shared by `world` processes: each encodes its share of the missing images.
+    """`encode_readable` shared by `world` processes: each encodes the uncached images of its share.
 
     With a disk store each process writes its share into its own shards; after `barrier` every
     process reads the others' shards and encodes only what is still missing (an unreadable image,
