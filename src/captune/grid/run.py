@@ -83,7 +83,9 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
     from captune.model.adapters import load_adapter
     from captune.model.features import encode_images, image_file_key, pixel_values, store_for
     from captune.model.load import load_blip2
+    from captune.train.distributed import refuse_unsupported_launch
 
+    refuse_unsupported_launch()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     run_dir = cfg.run_dir

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -109,13 +110,23 @@ class VisionFeatureStore:
 
     def _load_index(self) -> None:
         assert self.directory is not None
+        known = set(self._index.values())
         for shard in sorted(self.directory.glob("shard-*.safetensors")):
+            if shard.name in known:
+                continue
             try:
                 with safe_open(shard, framework="pt") as fh:
                     for key in fh.keys():  # noqa: SIM118 (safetensors handle, not a dict)
                         self._index[key] = shard.name
             except Exception:  # a damaged shard is ignored and recomputed, never trusted
                 continue
+
+    def refresh(self) -> None:
+        """Index the shards other processes wrote since this store was opened (they are complete:
+        each is renamed into place only after it is written)."""
+        if self.directory is not None:
+            with self._lock:
+                self._load_index()
 
     def __contains__(self, key: str) -> bool:
         return key in self._memory or key in self._index
@@ -150,8 +161,10 @@ class VisionFeatureStore:
                 for key, feat in zip(keys, features, strict=True):
                     self._memory[key] = feat.clone()
                 return
-            shard = self.directory / f"shard-{len(list(self.directory.glob('shard-*.safetensors'))):06d}.safetensors"
-            tmp = shard.with_name(f".{shard.name}.{os.getpid()}.tmp")
+            # A name no other writer (process, thread or store) can pick: numbering by the shards
+            # already there let two writers choose the same name and one replace the other's shard.
+            shard = self.directory / f"shard-{os.getpid()}-{uuid.uuid4().hex[:16]}.safetensors"
+            tmp = shard.with_name(f".{shard.name}.tmp")
             save_file({k: f.clone().contiguous() for k, f in zip(keys, features, strict=True)}, str(tmp))
             os.replace(tmp, shard)
             for key in keys:

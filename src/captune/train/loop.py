@@ -1,4 +1,4 @@
-"""The LoRA training loop: plain PyTorch on `accelerate` (one process, DDP, DeepSpeed or FSDP).
+"""The LoRA training loop: plain PyTorch on `accelerate` (one process or DDP; see train/distributed.py).
 
 Kept visible instead of HF `Trainer` because the feature store, exact resume and the label rules
 are ours. Data order is a pure function of (seed, epoch), so resuming needs only the position.
@@ -25,7 +25,6 @@ from captune.faults import maybe_kill, nonfinite_loss
 from captune.io import atomic_write_json, atomic_write_text
 from captune.model.features import (
     encode_images,
-    encode_readable,
     image_file_key,
     pixel_values,
     query_features,
@@ -35,6 +34,7 @@ from captune.model.lora import summarize_parameters
 from captune.progress import Bar
 from captune.train.batches import CaptionCollator, TextBatch, next_token_targets
 from captune.train.checkpoint import complete_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from captune.train.distributed import fill_store, refuse_unsupported_launch
 
 PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 MEMORY_CACHE_LIMIT = 2 * 1024**3  # `feature_cache: auto` keeps features in RAM below this, else on disk
@@ -190,11 +190,13 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     from captune.model.load import BUILD_LOCK, load_blip2
     from captune.model.lora import apply_lora
 
+    refuse_unsupported_launch()  # before the Accelerator, which would fail on them less clearly
     t_start = time.perf_counter()
     tc = cfg.train
     run_dir = cfg.run_dir
     _check_run_dir(run_dir, resume)
     accelerator = Accelerator(mixed_precision=PRECISION[tc.precision], cpu=not torch.cuda.is_available())
+    refuse_unsupported_launch(accelerator.distributed_type)
     world, rank = accelerator.num_processes, accelerator.process_index
     if tc.batch_size % world:
         raise ConfigError(f"config key 'train.batch_size': {tc.batch_size} is not divisible by {world} processes")
@@ -532,9 +534,9 @@ def _prepare_images(records, model, image_processor, store, cfg: RunConfig, acce
         if missing:
             accelerator.print(f"caching vision features for {missing} images ...")
         dev = accelerator.device
-        errors = encode_readable([records[i].path for i in readable], [keys[i] for i in readable], store,
-                                 lambda pix: encode_images(model, pix.to(dev)), image_processor,
-                                 cfg.generate.batch_size)
+        errors = fill_store([records[i].path for i in readable], [keys[i] for i in readable], store,
+                            lambda pix: encode_images(model, pix.to(dev)), image_processor, cfg.generate.batch_size,
+                            accelerator.process_index, accelerator.num_processes, accelerator.wait_for_everyone)
         problems.update({readable[k]: msg for k, msg in errors.items()})
         problems.update({i: problems.get(i, "unreadable") for i in readable if keys[i] not in store})
     skipped: list[str] = []
