@@ -186,6 +186,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     from accelerate.utils import set_seed
 
     from captune.data import load_dataset_from_config
+    from captune.data.selection import plan_selection
     from captune.model.adapters import save_adapter
     from captune.model.load import BUILD_LOCK, load_blip2
     from captune.model.lora import apply_lora
@@ -207,7 +208,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
 
     # Data
     dataset = dataset if dataset is not None else load_dataset_from_config(cfg.data)
-    records = dataset.select(cfg.data.train_split)
+    selection = plan_selection(cfg, dataset)  # refuses validation images that are also evaluated
+    records = selection.train
     if not records:
         raise UserError(f"{cfg.data.path}: split {cfg.data.train_split!r} has no images; check data.train_split")
 
@@ -244,14 +246,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     val_records: list = []
     val_keys: list[str] = []
     if tc.validate_every:
-        try:
-            val_all = dataset.select(cfg.data.val_split)
-        except UserError:
-            val_all = []
-        if not val_all:
-            raise ConfigError(f"config key 'train.validate_every': split {cfg.data.val_split!r} has no images; "
-                              "set data.val_split or train.validate_every=0")
-        val_all = val_all[: tc.val_max_images]
+        val_all = selection.val
         vk, vu, _ = _prepare_images(val_all, model, image_processor, store, cfg, accelerator)
         val_records, val_keys = [val_all[i] for i in vu], [vk[i] for i in vu]
 
@@ -447,6 +442,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
             "processes": world,
             "feature_cache": "off" if store is None else ("disk" if store.directory else "memory"),
             "train_images": len(records),
+            "selection": selection.to_dict(),
             "skipped_images": skipped,
             "parameters": {"total": params.total, "trainable": params.trainable,
                            "trainable_share": params.trainable_share, "per_component": params.per_component},
