@@ -3,9 +3,12 @@ gradients; `lora.adapt_vision` trains the vision LoRA weights."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from captune.config import load_config
 from captune.data import load_dataset_from_config
@@ -74,3 +77,93 @@ def test_val_from_train_must_leave_training_images(tmp_path: Path) -> None:
         plan_selection(cfg, load_dataset_from_config(cfg.data))
     with pytest.raises(ConfigError, match=r"data\.val_from_train"):
         load_config(None, ["data.val_from_train=-1"])
+
+
+# ----------------------------------------------------------------------------- 4. precision, non-finite gradients
+
+
+def test_qformer_computes_in_fp32_under_bf16_autocast(tiny_model_dirs) -> None:
+    from captune.config import ModelConfig
+    from captune.model.features import encode_images, query_features
+    from captune.model.load import load_blip2
+
+    blip = load_blip2(ModelConfig(name_or_path=str(tiny_model_dirs["opt"]), dtype="bf16")).model
+    seen: dict[str, torch.dtype] = {}
+
+    def record(name: str):
+        def hook(module, inputs, output) -> None:
+            seen[name] = getattr(output, "last_hidden_state", output).dtype
+        return hook
+
+    query = blip.qformer.encoder.layer[0].crossattention.attention.query
+    hooks = [blip.qformer.register_forward_hook(record("qformer")),
+             query.register_forward_hook(record("cross-attention query"))]
+    size = blip.config.vision_config.image_size
+    embeds = encode_images(blip, torch.randn(2, 3, size, size))
+    assert embeds.dtype == torch.bfloat16  # the frozen ViT stays in model.dtype
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = query_features(blip, embeds)
+    for h in hooks:
+        h.remove()
+    assert seen == {"cross-attention query": torch.float32, "qformer": torch.float32}
+    assert torch.isfinite(features).all()
+
+
+def test_fp16_refused_for_t5_whichever_key_and_without_a_scaler(tiny_model_dirs, tmp_path: Path) -> None:
+    from captune.train.loop import check_precision
+
+    with pytest.raises(ConfigError, match=r"^config key 'train\.precision': fp16 overflows in T5"):
+        load_config(None, ["model.family=t5", "train.precision=fp16"])
+    for key in ("model.dtype", "train.precision"):
+        cfg = load_config(None, [f"{key}=fp16", "train.precision=fp16" if key == "model.dtype" else "model.dtype=fp32"])
+        with pytest.raises(ConfigError, match=rf"^config key '{key}': fp16 overflows in T5") as err:
+            check_precision(cfg, "t5")  # family `auto`, detected as t5 at load time
+        assert "\n" not in str(err.value)
+    # family auto + tiny T5 + train.precision fp16: refused by train() once the family is known
+    data = colour_dataset(tmp_path / "data")
+    cfg = tiny_train_config(tiny_model_dirs["t5"], data, tmp_path, "t5fp16", "train.precision=fp16")
+    with pytest.raises(ConfigError, match=r"train\.precision': fp16 overflows in T5"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "t5fp16" / "train" / "log.jsonl").exists()
+    # fp16 weights without fp16 mixed precision (the only mode with a gradient scaler) are refused
+    for precision in ("fp32", "bf16"):
+        cfg = load_config(None, ["model.dtype=fp16", f"train.precision={precision}"])
+        with pytest.raises(ConfigError, match=r"^config key 'train\.precision': model\.dtype fp16 .* gradient scaler"):
+            check_precision(cfg, "opt")
+    check_precision(load_config(None, ["model.dtype=fp16", "train.precision=fp16"]), "opt")  # scaled: allowed
+
+
+def test_step_with_inf_gradient_is_skipped_and_counted(tiny_model_dirs, tmp_path: Path, monkeypatch) -> None:
+    """A finite loss whose gradients are inf (injected by a hook on one LoRA weight at step 2) must not
+    reach the optimizer: before, clipping turned them into NaN and the adapter was poisoned."""
+    import captune.model.lora as lora_module
+
+    real_apply = lora_module.apply_lora
+    calls = {"n": 0}
+
+    def poisoned(model, cfg, family):
+        peft_model, placement = real_apply(model, cfg, family)
+        param = next(p for n, p in peft_model.named_parameters() if "lora_B" in n)
+
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            calls["n"] += 1
+            return grad + float("inf") if calls["n"] == 2 else grad
+
+        param.register_hook(hook)
+        return peft_model, placement
+
+    monkeypatch.setattr(lora_module, "apply_lora", poisoned)
+    data = colour_dataset(tmp_path / "data")
+    cfg = tiny_train_config(tiny_model_dirs["opt"], data, tmp_path, "inf", "train.max_steps=4",
+                            "train.checkpoint_every=1", "train.keep_checkpoints=10")
+    result = train(cfg, progress=False)
+    assert calls["n"] == 4 and result.bad_steps == 1 and result.steps == 4
+    log = [json.loads(x) for x in (tmp_path / "inf" / "train" / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["skipped"]) for r in log if "skipped" in r] == [(2, "non-finite gradient norm")]
+    assert json.loads((tmp_path / "inf" / "train" / "summary.json").read_text())["bad_steps"] == 1
+    ckpt = tmp_path / "inf" / "train" / "checkpoints"
+    weights = [load_file(str(ckpt / f"step-{s}" / "adapter" / "adapter_model.safetensors")) for s in (1, 2, 3)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # step 2 changed nothing
+    assert any(not torch.equal(weights[1][k], weights[2][k]) for k in weights[0])  # step 3 trained again
+    final = load_file(str(tmp_path / "inf" / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in final.values())

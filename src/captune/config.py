@@ -320,6 +320,8 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError("config key 'lora.target_regex': required when lora.preset is 'custom'")
     if cfg.model.family == "t5" and cfg.model.dtype == "fp16":
         raise ConfigError("config key 'model.dtype': fp16 overflows in T5 (NaN losses); use bf16 or fp32")
+    if cfg.model.family == "t5" and cfg.train.precision == "fp16":
+        raise ConfigError("config key 'train.precision': fp16 overflows in T5 (NaN losses); use bf16 or fp32")
     if cfg.eval.systems is not None:
         seen = set()
         for i, system in enumerate(cfg.eval.systems):

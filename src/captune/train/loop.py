@@ -171,6 +171,38 @@ class Logger:
             self.tb.close()
 
 
+def check_precision(cfg: RunConfig, family: str) -> None:
+    """Refuse precisions that train badly: fp16 anywhere in T5, and fp16 weights without a gradient scaler.
+
+    `family` is the config's (may be `auto`) before loading and the detected one after."""
+    if family == "t5":
+        for key, value in (("model.dtype", cfg.model.dtype), ("train.precision", cfg.train.precision)):
+            if value == "fp16":
+                raise ConfigError(f"config key '{key}': fp16 overflows in T5 (NaN losses); use bf16 or fp32")
+    if cfg.model.dtype == "fp16" and cfg.train.precision != "fp16":
+        raise ConfigError(
+            f"config key 'train.precision': model.dtype fp16 with train.precision {cfg.train.precision} trains without "
+            "a gradient scaler (fp16 gradients under- and overflow); set train.precision=fp16, or model.dtype=bf16"
+        )
+
+
+def family_hint(cfg: RunConfig) -> str:
+    """The LM family before any weights load (the key, a tiny name, a local config.json or a published
+    name), so that a refused precision fails before minutes of loading; `auto` when not known yet."""
+    from captune.model.load import TINY_NAMES
+    from captune.model.presets import known_name
+
+    name = cfg.model.name_or_path
+    if cfg.model.family != "auto" or name in TINY_NAMES:
+        return TINY_NAMES.get(name, cfg.model.family)
+    try:
+        model_type = json.loads((Path(name).expanduser() / "config.json").read_text())["text_config"]["model_type"]
+        return "t5" if "t5" in model_type else "opt"
+    except (OSError, ValueError, KeyError, TypeError):
+        published = known_name(name)
+        return "auto" if published is None else ("t5" if "t5" in published else "opt")
+
+
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
     ckpt_dir = run_dir / "train" / "checkpoints"
     if not resume and complete_checkpoints(ckpt_dir):
@@ -194,6 +226,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     t_start = time.perf_counter()
     tc = cfg.train
     run_dir = cfg.run_dir
+    check_precision(cfg, family_hint(cfg))
     _check_run_dir(run_dir, resume)
     accelerator = Accelerator(mixed_precision=PRECISION[tc.precision], cpu=not torch.cuda.is_available())
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -217,6 +250,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     with BUILD_LOCK:
         set_seed(tc.seed)
         loaded = load_blip2(cfg.model, device=accelerator.device)
+        check_precision(cfg, loaded.family)  # `family: auto` is known only now
         model, placement = apply_lora(loaded.model, cfg.lora, loaded.family)
     if tc.gradient_checkpointing:
         model.get_base_model().language_model.gradient_checkpointing_enable(
@@ -346,16 +380,25 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
             loop["position"] += per_step
             if finite and world > 1:
                 step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum"))
-            if finite:
-                grad_norm = accelerator.clip_grad_norm_(trainable, tc.max_grad_norm) if tc.max_grad_norm else None
+            skip_reason = None if finite else "non-finite loss"
+            grad_norm = None
+            if skip_reason is None:
+                # The norm is needed even without clipping: bf16/fp32 have no scaler, and a finite loss with
+                # inf gradients would pass clipping (inf * 0 = NaN) and poison the adapter.
+                grad_norm = accelerator.clip_grad_norm_(trainable, tc.max_grad_norm or math.inf)
+                if grad_norm is not None and not math.isfinite(float(grad_norm)) and scaler is None:
+                    skip_reason = "non-finite gradient norm"
+            if skip_reason is None:
                 optimizer.step()
+                if accelerator.optimizer_step_was_skipped:  # fp16: the scaler found inf/NaN gradients
+                    skip_reason = "non-finite fp16 gradients (the scaler lowered its scale)"
+            if skip_reason is None:
                 scheduler.step()
                 loop["consecutive_bad"] = 0
                 last_loss = step_loss
             else:
                 loop["bad_steps"] += 1
                 loop["consecutive_bad"] += 1
-                grad_norm = None
             optimizer.zero_grad(set_to_none=True)
             loop["step"] += 1
             loop["samples"] += per_step
@@ -365,15 +408,15 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
                           "samples_per_s": per_step / dt if dt > 0 else None, "step_s": dt}
                 if finite:
                     record["loss"] = step_loss
-                    if grad_norm is not None:
-                        record["grad_norm"] = float(grad_norm)
-                else:
-                    record["skipped"] = "non-finite loss"
+                if skip_reason is None and grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
+                if skip_reason is not None:
+                    record["skipped"] = skip_reason
                 logger.write(record)
             bar.update(loop["step"], last_loss, scheduler.get_last_lr()[0], per_step / dt if dt > 0 else 0.0)
             if loop["consecutive_bad"] >= tc.max_bad_steps:
                 raise TrainingError(
-                    f"{run_dir}: the loss was non-finite for {loop['consecutive_bad']} steps in a row "
+                    f"{run_dir}: the loss or gradients were non-finite for {loop['consecutive_bad']} steps in a row "
                     f"(step {loop['step']}); lower train.lr or use train.precision=bf16/fp32. The last good "
                     f"checkpoint is intact under {ckpt_dir}"
                 )
