@@ -167,3 +167,65 @@ def test_step_with_inf_gradient_is_skipped_and_counted(tiny_model_dirs, tmp_path
     assert any(not torch.equal(weights[1][k], weights[2][k]) for k in weights[0])  # step 3 trained again
     final = load_file(str(tmp_path / "inf" / "adapter" / "adapter_model.safetensors"))
     assert all(torch.isfinite(v).all() for v in final.values())
+
+
+# ----------------------------------------------------------------------------- 5. lora.adapt_vision
+
+
+def test_adapt_vision_trains_the_vision_lora_weights(tiny_model_dirs, tmp_path: Path, capsys, monkeypatch) -> None:
+    from captune.generate.captioner import Captioner
+    from captune.grid.run import run_grid
+    from captune.model.features import encode_images, pixel_values
+    from captune.model.load import load_blip2
+
+    data = colour_dataset(tmp_path / "data", val=True)
+    refused = tiny_train_config(tiny_model_dirs["opt"], data, tmp_path, "cached", "lora.adapt_vision=true",
+                                "train.feature_cache=memory")
+    with pytest.raises(ConfigError, match=r"^config key 'train\.feature_cache': lora\.adapt_vision"):
+        train(refused, progress=False)
+    cfg = tiny_train_config(tiny_model_dirs["opt"], data, tmp_path, "vision", "lora.adapt_vision=true",
+                            "train.max_steps=3", "train.checkpoint_every=3", "generate.max_new_tokens=2",
+                            "eval.systems=[{name: base}, {name: tuned, adapter: true}]")
+    capsys.readouterr()
+    summary = train(cfg, progress=False).summary
+    out = capsys.readouterr().out
+    assert out.count("feature cache off") == 1 and summary["feature_cache"] == "off"
+    vision = [m for m in summary["lora_modules"] if m.startswith("vision_model.")]
+    assert vision and all(m.endswith("self_attn.qkv") for m in vision)
+    weights = load_file(str(tmp_path / "vision" / "adapter" / "adapter_model.safetensors"))
+    vision_b = {k: v for k, v in weights.items() if "vision_model" in k and "lora_B" in k}
+    assert len(vision_b) == len(vision)
+    assert all(v.abs().sum() > 0 for v in vision_b.values())  # peft starts lora_B at zero: these trained
+
+    # The grid: base systems see the base ViT's features, adapter systems the adapted ViT's.
+    seen: list[tuple[bool, torch.Tensor]] = []
+    real = Captioner.lm_inputs
+
+    def spy(self, image_embeds, adapter):
+        seen.append((adapter, image_embeds.clone()))
+        return real(self, image_embeds, adapter)
+
+    monkeypatch.setattr(Captioner, "lm_inputs", spy)
+    run_grid(cfg, progress=False, score=False)
+    records = load_dataset_from_config(cfg.data).select(cfg.data.eval_split)
+    loaded = load_blip2(cfg.model)
+    base = encode_images(loaded.model, pixel_values([r.path for r in records], loaded.processor.image_processor))
+    by_state = {state: torch.cat([e for s, e in seen if s == state]) for state in (False, True)}
+    assert torch.allclose(by_state[False], base, atol=1e-5)
+    assert not torch.allclose(by_state[True], base, atol=1e-3)
+
+
+def test_adapt_vision_needs_a_vision_module() -> None:
+    from captune.config import LoraConfig
+    from captune.model.lora import plan_placement
+    from captune.model.tiny import TinySpec, build_tiny_blip2
+
+    model, _ = build_tiny_blip2(TinySpec(family="opt"))
+    plain = plan_placement(model, LoraConfig(), "opt").modules
+    assert not any(m.startswith("vision_model.") for m in plain)
+    with_vision = plan_placement(model, LoraConfig(adapt_vision=True), "opt").modules
+    assert set(with_vision) - set(plain) == {f"vision_model.encoder.layers.{i}.self_attn.qkv"
+                                              for i in range(model.config.vision_config.num_hidden_layers)}
+    custom = LoraConfig(preset="custom", target_regex=r"qformer\..*\.query", adapt_vision=True)
+    with pytest.raises(ConfigError, match=r"^config key 'lora\.adapt_vision': .* no vision_model module"):
+        plan_placement(model, custom, "opt")

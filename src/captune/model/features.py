@@ -33,12 +33,13 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-@torch.no_grad()
-def encode_images(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Frozen ViT forward: `last_hidden_state` (batch, patches + 1, vision hidden)."""
+def encode_images(model: torch.nn.Module, pixel_values: torch.Tensor, grad: bool = False) -> torch.Tensor:
+    """ViT forward: `last_hidden_state` (batch, patches + 1, vision hidden). Without gradients unless
+    `grad` (training with `lora.adapt_vision`, whose LoRA weights sit inside the ViT)."""
     blip = unwrap(model)
     dtype = next(blip.vision_model.parameters()).dtype
-    return blip.vision_model(pixel_values=pixel_values.to(dtype), return_dict=True).last_hidden_state
+    with torch.set_grad_enabled(grad):
+        return blip.vision_model(pixel_values=pixel_values.to(dtype), return_dict=True).last_hidden_state
 
 
 def query_features(model: torch.nn.Module, image_embeds: torch.Tensor) -> torch.Tensor:

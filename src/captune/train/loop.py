@@ -235,6 +235,10 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     if tc.augment and tc.feature_cache in ("memory", "disk"):
         raise ConfigError("config key 'train.feature_cache': augmentation changes the images every epoch; "
                           "set train.feature_cache=auto or off")
+    train_vision = cfg.lora.adapt_vision  # LoRA inside the ViT: its output changes every step, so never cached
+    if train_vision and tc.feature_cache in ("memory", "disk"):
+        raise ConfigError("config key 'train.feature_cache': lora.adapt_vision trains the vision encoder, so its "
+                          "features change every step; set train.feature_cache=auto or off")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
@@ -261,7 +265,10 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     image_processor = loaded.processor.image_processor
 
     # Vision features: computed once (or verified readable when not cached)
-    use_cache = tc.feature_cache != "off" and not tc.augment
+    use_cache = tc.feature_cache != "off" and not tc.augment and not train_vision
+    if train_vision and tc.feature_cache == "auto":
+        accelerator.print("lora.adapt_vision: the vision encoder trains with its LoRA weights, so vision features are "
+                          "computed every step (feature cache off)")
     cache_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.model.dtype]
     store = None
     if use_cache:
@@ -321,6 +328,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
         accelerator.print(
             f"trainable parameters: {params.trainable:,} of {params.total:,} ({params.trainable_share:.3%}); "
             f"LoRA on {len(placement.modules)} modules; frozen: vision encoder, LM, Q-Former base weights"
+            + (" (the vision encoder's LoRA weights train: lora.adapt_vision)" if train_vision else "")
         )
 
     bar = _progress(progress and accelerator.is_main_process, total_steps, loop["step"])
@@ -361,7 +369,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
                                                       _augment(tc.seed, loop["epoch"], i)) for i, _ in chunk])
                     else:
                         pix = pixel_values(paths, image_processor, transform)
-                    embeds = encode_images(model, pix.to(accelerator.device))
+                    embeds = encode_images(model, pix.to(accelerator.device), grad=train_vision)
                 sync = a == tc.grad_accum - 1
                 ctx = accelerator.no_sync(model) if not sync and world > 1 else _nullcontext()
                 with ctx, accelerator.autocast():
