@@ -45,7 +45,7 @@ def finished_run(tmp_path_factory, tiny_model_dirs) -> Path:
     cfg_path = root / "run.yaml"
     cfg_path.write_text(
         f"name: rep\noutput_dir: {root / 'runs'}\nmodel:\n  name_or_path: {tiny_model_dirs['opt']}\n"
-        f"data:\n  path: {root / 'synth'}\ntrain:\n  max_steps: 12\n  batch_size: 8\n  lr: 0.01\n"
+        f"data:\n  path: {root / 'synth'}\n  val_from_train: 6\ntrain:\n  max_steps: 12\n  batch_size: 8\n  lr: 0.01\n"
         "  warmup_steps: 2\n  tensorboard: false\n  validate_every: 6\n  val_max_images: 6\n"
         "generate:\n  max_new_tokens: 6\neval:\n  bootstrap_samples: 200\n  systems:\n"
         "    - {name: zero-shot-greedy}\n    - {name: zero-shot-beam3, num_beams: 3}\n"
@@ -157,6 +157,7 @@ def test_report_has_every_section_and_the_numbers_of_scores_json(finished_run: P
                     "### Fine-grained alignment (alignment.json)", "## Figures", "## Qualitative gallery",
                     "## Per-image scores", "## Notes"):
         assert f"\n{heading}\n" in md, heading
+    assert "| adapter selected on | 6 images held out of split 'train' (seed 42); none evaluated |" in md
 
     table = _table_after(md, "| System | coco/BLEU-1")
     metrics = [_header_metric(h) for h in table[0][1:]]

@@ -212,7 +212,7 @@ def test_validation_keeps_best_adapter_and_stops_early(tiny_model_dirs, tmp_path
     data = colour_dataset(tmp_path / "data", val=True)
     cfg = tiny_train_config(tiny_model_dirs["opt"], data, tmp_path, "val", "train.max_steps=40",
                             "train.validate_every=4", "train.early_stopping_patience=2", "train.lr=1e-6",
-                            "generate.max_new_tokens=6")
+                            "generate.max_new_tokens=6", "data.eval_split=test")
     result = train(cfg, progress=False)
     log = [json.loads(x) for x in (tmp_path / "val" / "train" / "log.jsonl").read_text().splitlines()]
     vals = [r for r in log if "val_score" in r]

@@ -61,6 +61,7 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     eval_split: str = "eval"
+    val_from_train: int = 0  # >0: validation = this many train images held out (seeded by train.seed), not val_split
     restval_to_train: bool = False
     max_images: int | None = None
     subset_seed: int = 0
@@ -158,6 +159,7 @@ class EvalConfig:
     spice: bool = False
     paired_trials: int = 1000
     self_bleu: bool = False
+    allow_selection_overlap: bool = False  # let validation (adapter selection) use evaluated images; the report says so
 
 
 @dataclass
@@ -295,6 +297,7 @@ _NON_NEGATIVE = {
     "train.epochs", "train.weight_decay", "train.warmup_steps", "train.max_grad_norm", "train.validate_every",
     "train.early_stopping_patience", "train.keep_checkpoints", "generate.min_new_tokens",
     "generate.top_k", "generate.no_repeat_ngram_size", "generate.temperature", "generate.repetition_penalty",
+    "data.val_from_train",
 }
 
 
@@ -325,6 +328,8 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError("config key 'lora.target_regex': required when lora.preset is 'custom'")
     if cfg.model.family == "t5" and cfg.model.dtype == "fp16":
         raise ConfigError("config key 'model.dtype': fp16 overflows in T5 (NaN losses); use bf16 or fp32")
+    if cfg.model.family == "t5" and cfg.train.precision == "fp16":
+        raise ConfigError("config key 'train.precision': fp16 overflows in T5 (NaN losses); use bf16 or fp32")
     if cfg.eval.systems is not None:
         seen = set()
         for i, system in enumerate(cfg.eval.systems):

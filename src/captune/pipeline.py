@@ -84,6 +84,9 @@ def run_pipeline(cfg: RunConfig, progress: bool = True, dataset=None, report: bo
     try:
         t = time.perf_counter()
         if not training_finished(run_dir):
+            from captune.data.selection import plan_selection
+
+            plan_selection(cfg, dataset)  # a config that selects on evaluated images fails before any work
             resume = bool(complete_checkpoints(run_dir / "train" / "checkpoints"))
             if caption_while_training:
                 early = _EarlyCaptions(cfg, dataset)

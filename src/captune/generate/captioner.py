@@ -334,6 +334,7 @@ class Captioner:
         out: list[list[str]] = []
         for start in range(0, len(paths), batch_size):
             pix = pixel_values(paths[start:start + batch_size], self.processor.image_processor)
-            embeds = encode_images(self.model, pix.to(self.device))
+            with self.adapter_context(adapter):  # an adapter may have LoRA in the ViT (lora.adapt_vision)
+                embeds = encode_images(self.model, pix.to(self.device))
             out.extend(self.caption_embeds(embeds, settings, adapter, batch_size, seed=settings.seed + start))
         return out

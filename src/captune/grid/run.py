@@ -177,17 +177,25 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
             store = store_for(model, cfg.model.name_or_path, cfg.model.revision, image_processor, directory, dtype)
             keys = [image_file_key(r.path) for r in records]
             bs = cfg.generate.batch_size
+            # An adapter trained with lora.adapt_vision changes the ViT: base systems get the base ViT's
+            # features (cached), adapter systems the adapted ViT's (computed here, not cached).
+            vision_lora = any("lora_" in n for n, _ in captioner.blip.vision_model.named_parameters())
+
+            def encode(idx, state: bool = False) -> torch.Tensor:
+                with captioner.adapter_context(state):
+                    pix = pixel_values([records[i].path for i in idx], image_processor)
+                    return encode_images(model, pix.to(captioner.device))
+
             t = time.perf_counter()
             with Bar("vision features", sum(1 for k in dict.fromkeys(keys) if k not in store), progress) as bar:
-                store.ensure(keys, lambda idx: encode_images(
-                    model, pixel_values([records[i].path for i in idx], image_processor).to(captioner.device)), bs,
-                    progress=bar.advance)
+                store.ensure(keys, encode, bs, progress=bar.advance)
             timings["encode_images"] = time.perf_counter() - t
             # Q-Former outputs once per adapter state, shared by every system in that state.
             t = time.perf_counter()
             lm_inputs: dict[bool, torch.Tensor] = {}
             for state in sorted({s.adapter for s in todo}):
-                parts = [captioner.lm_inputs(store.get(keys[i:i + bs]), state) for i in range(0, len(keys), bs)]
+                parts = [captioner.lm_inputs(encode(range(i, min(i + bs, len(keys))), True) if state and vision_lora
+                                             else store.get(keys[i:i + bs]), state) for i in range(0, len(keys), bs)]
                 lm_inputs[state] = torch.cat(parts)
             timings["qformer"] = time.perf_counter() - t
             bar = Bar("captions", sum(len(records) * s.samples for s in todo), progress)

@@ -34,27 +34,30 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-@torch.no_grad()
-def encode_images(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Frozen ViT forward: `last_hidden_state` (batch, patches + 1, vision hidden)."""
+def encode_images(model: torch.nn.Module, pixel_values: torch.Tensor, grad: bool = False) -> torch.Tensor:
+    """ViT forward: `last_hidden_state` (batch, patches + 1, vision hidden). Without gradients unless
+    `grad` (training with `lora.adapt_vision`, whose LoRA weights sit inside the ViT)."""
     blip = unwrap(model)
     dtype = next(blip.vision_model.parameters()).dtype
-    return blip.vision_model(pixel_values=pixel_values.to(dtype), return_dict=True).last_hidden_state
+    with torch.set_grad_enabled(grad):
+        return blip.vision_model(pixel_values=pixel_values.to(dtype), return_dict=True).last_hidden_state
 
 
 def query_features(model: torch.nn.Module, image_embeds: torch.Tensor) -> torch.Tensor:
     """Q-Former (fp32, where LoRA lives) + language projection: the LM's image inputs.
 
     Mirrors `Blip2ForConditionalGeneration.get_image_features` after the vision forward, so the
-    cached path computes exactly what the uncached one does.
+    cached path computes exactly what the uncached one does. The Q-Former computes in fp32 even
+    inside `accelerator.autocast()` (which would run its matmuls in bf16/fp16): fp32 storage alone
+    is not fp32 arithmetic, and half-precision Q-Former activations are a known source of NaN losses.
     """
     blip = unwrap(model)
-    qformer_dtype = blip.query_tokens.dtype
-    embeds = image_embeds.to(qformer_dtype)
+    embeds = image_embeds.to(blip.query_tokens.dtype)  # fp32: load_blip2 keeps Q-Former + query tokens fp32
     mask = torch.ones(embeds.shape[:-1], dtype=torch.long, device=embeds.device)
-    queries = blip.query_tokens.expand(embeds.shape[0], -1, -1)
-    out = blip.qformer(query_embeds=queries, encoder_hidden_states=embeds, encoder_attention_mask=mask,
-                       return_dict=True).last_hidden_state
+    with torch.autocast(embeds.device.type, enabled=False):
+        queries = blip.query_tokens.expand(embeds.shape[0], -1, -1)
+        out = blip.qformer(query_embeds=queries, encoder_hidden_states=embeds, encoder_attention_mask=mask,
+                           return_dict=True).last_hidden_state
     out = out.to(image_embeds.dtype)
     return blip.language_projection(out)
 

@@ -37,6 +37,8 @@ _LM_WIDE = {
     ),
 }
 VISION_PREFIX = "vision_model."
+_VISION_QKV = r"vision_model\.encoder\.layers\.\d+\.self_attn\.qkv"
+"""What `lora.adapt_vision: true` adds to a preset: the ViT's fused attention input projection."""
 PRESETS = ("qformer", "lm", "qformer+lm", "qformer+lm-wide", "custom")
 
 
@@ -83,6 +85,8 @@ class Placement:
 
 def plan_placement(model: nn.Module, cfg: LoraConfig, family: Family) -> Placement:
     regex = target_regex(cfg.preset, family, cfg.target_regex)
+    if cfg.adapt_vision and cfg.preset != "custom":
+        regex = f"({regex}|(?:{_VISION_QKV}))"
     try:
         re.compile(regex)
     except re.error as exc:
@@ -93,6 +97,10 @@ def plan_placement(model: nn.Module, cfg: LoraConfig, family: Family) -> Placeme
             f"config key 'lora.preset': {cfg.preset!r} matches no module of this {family} model; "
             "check lora.target_regex against `captune inspect` output"
         )
+    if cfg.adapt_vision and not any(m.startswith(VISION_PREFIX) for m in modules):
+        raise ConfigError("config key 'lora.adapt_vision': lora.target_regex matches no vision_model module; name "
+                          "one (e.g. vision_model\\.encoder\\.layers\\.\\d+\\.self_attn\\.qkv) or set "
+                          "lora.adapt_vision=false")
     return Placement(regex=regex, modules=modules)
 
 

@@ -59,6 +59,16 @@ def environment(run: RunData) -> tuple[dict[str, str], str]:
     return environment_info(), "not recorded by the run: these are the machine and libraries that built this report"
 
 
+def adapter_selection(summary: dict[str, Any], data: dict[str, Any], tc: dict[str, Any]) -> str:
+    """Which images chose the adapter (recorded by training; older runs: what their config implies)."""
+    selection = summary.get("selection")
+    if isinstance(selection, dict) and selection.get("description"):
+        return str(selection["description"])
+    if not tc.get("validate_every"):
+        return "no selection: the adapter of the last step is evaluated"
+    return f"split {data.get('val_split', '?')!s} (not recorded whether those images were also evaluated)"
+
+
 def setup_sections(run: RunData) -> list[Section]:
     cfg = run.config or {}
     model, lora, data, tc = (cfg.get(k) or {} for k in ("model", "lora", "data", "train"))
@@ -99,6 +109,8 @@ def setup_sections(run: RunData) -> list[Section]:
     if trained:
         s.add("training images", summary.get("train_images"))
     s.add("evaluated images", f"{run.scores.get('images')} (split {data.get('eval_split', '?')!s})")
+    if trained:
+        s.add("adapter selected on", adapter_selection(summary, data, tc))
     skipped = run.scores.get("skipped_images") or []
     if skipped:
         s.add("left out of every system", f"{len(skipped)} unreadable images (first: {skipped[0]})")

@@ -171,6 +171,38 @@ class Logger:
             self.tb.close()
 
 
+def check_precision(cfg: RunConfig, family: str) -> None:
+    """Refuse precisions that train badly: fp16 anywhere in T5, and fp16 weights without a gradient scaler.
+
+    `family` is the config's (may be `auto`) before loading and the detected one after."""
+    if family == "t5":
+        for key, value in (("model.dtype", cfg.model.dtype), ("train.precision", cfg.train.precision)):
+            if value == "fp16":
+                raise ConfigError(f"config key '{key}': fp16 overflows in T5 (NaN losses); use bf16 or fp32")
+    if cfg.model.dtype == "fp16" and cfg.train.precision != "fp16":
+        raise ConfigError(
+            f"config key 'train.precision': model.dtype fp16 with train.precision {cfg.train.precision} trains without "
+            "a gradient scaler (fp16 gradients under- and overflow); set train.precision=fp16, or model.dtype=bf16"
+        )
+
+
+def family_hint(cfg: RunConfig) -> str:
+    """The LM family before any weights load (the key, a tiny name, a local config.json or a published
+    name), so that a refused precision fails before minutes of loading; `auto` when not known yet."""
+    from captune.model.load import TINY_NAMES
+    from captune.model.presets import known_name
+
+    name = cfg.model.name_or_path
+    if cfg.model.family != "auto" or name in TINY_NAMES:
+        return TINY_NAMES.get(name, cfg.model.family)
+    try:
+        model_type = json.loads((Path(name).expanduser() / "config.json").read_text())["text_config"]["model_type"]
+        return "t5" if "t5" in model_type else "opt"
+    except (OSError, ValueError, KeyError, TypeError):
+        published = known_name(name)
+        return "auto" if published is None else ("t5" if "t5" in published else "opt")
+
+
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
     ckpt_dir = run_dir / "train" / "checkpoints"
     if not resume and complete_checkpoints(ckpt_dir):
@@ -186,6 +218,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     from accelerate.utils import set_seed
 
     from captune.data import load_dataset_from_config
+    from captune.data.selection import plan_selection
     from captune.model.adapters import save_adapter
     from captune.model.load import BUILD_LOCK, load_blip2
     from captune.model.lora import apply_lora
@@ -194,6 +227,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     t_start = time.perf_counter()
     tc = cfg.train
     run_dir = cfg.run_dir
+    check_precision(cfg, family_hint(cfg))
     _check_run_dir(run_dir, resume)
     accelerator = Accelerator(mixed_precision=PRECISION[tc.precision], cpu=not torch.cuda.is_available())
     refuse_unsupported_launch(accelerator.distributed_type)
@@ -203,13 +237,18 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     if tc.augment and tc.feature_cache in ("memory", "disk"):
         raise ConfigError("config key 'train.feature_cache': augmentation changes the images every epoch; "
                           "set train.feature_cache=auto or off")
+    train_vision = cfg.lora.adapt_vision  # LoRA inside the ViT: its output changes every step, so never cached
+    if train_vision and tc.feature_cache in ("memory", "disk"):
+        raise ConfigError("config key 'train.feature_cache': lora.adapt_vision trains the vision encoder, so its "
+                          "features change every step; set train.feature_cache=auto or off")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
 
     # Data
     dataset = dataset if dataset is not None else load_dataset_from_config(cfg.data)
-    records = dataset.select(cfg.data.train_split)
+    selection = plan_selection(cfg, dataset)  # refuses validation images that are also evaluated
+    records = selection.train
     if not records:
         raise UserError(f"{cfg.data.path}: split {cfg.data.train_split!r} has no images; check data.train_split")
 
@@ -217,6 +256,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     with BUILD_LOCK:
         set_seed(tc.seed)
         loaded = load_blip2(cfg.model, device=accelerator.device)
+        check_precision(cfg, loaded.family)  # `family: auto` is known only now
         model, placement = apply_lora(loaded.model, cfg.lora, loaded.family)
     if tc.gradient_checkpointing:
         model.get_base_model().language_model.gradient_checkpointing_enable(
@@ -227,7 +267,10 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     image_processor = loaded.processor.image_processor
 
     # Vision features: computed once (or verified readable when not cached)
-    use_cache = tc.feature_cache != "off" and not tc.augment
+    use_cache = tc.feature_cache != "off" and not tc.augment and not train_vision
+    if train_vision and tc.feature_cache == "auto":
+        accelerator.print("lora.adapt_vision: the vision encoder trains with its LoRA weights, so vision features are "
+                          "computed every step (feature cache off)")
     cache_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.model.dtype]
     store = None
     if use_cache:
@@ -246,14 +289,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     val_records: list = []
     val_keys: list[str] = []
     if tc.validate_every:
-        try:
-            val_all = dataset.select(cfg.data.val_split)
-        except UserError:
-            val_all = []
-        if not val_all:
-            raise ConfigError(f"config key 'train.validate_every': split {cfg.data.val_split!r} has no images; "
-                              "set data.val_split or train.validate_every=0")
-        val_all = val_all[: tc.val_max_images]
+        val_all = selection.val
         vk, vu, _ = _prepare_images(val_all, model, image_processor, store, cfg, accelerator)
         val_records, val_keys = [val_all[i] for i in vu], [vk[i] for i in vu]
 
@@ -294,6 +330,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
         accelerator.print(
             f"trainable parameters: {params.trainable:,} of {params.total:,} ({params.trainable_share:.3%}); "
             f"LoRA on {len(placement.modules)} modules; frozen: vision encoder, LM, Q-Former base weights"
+            + (" (the vision encoder's LoRA weights train: lora.adapt_vision)" if train_vision else "")
         )
 
     bar = Bar("train", total_steps, progress and accelerator.is_main_process, completed=loop["step"], elapsed=True)
@@ -334,7 +371,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
                                                       _augment(tc.seed, loop["epoch"], i)) for i, _ in chunk])
                     else:
                         pix = pixel_values(paths, image_processor, transform)
-                    embeds = encode_images(model, pix.to(accelerator.device))
+                    embeds = encode_images(model, pix.to(accelerator.device), grad=train_vision)
                 sync = a == tc.grad_accum - 1
                 ctx = accelerator.no_sync(model) if not sync and world > 1 else _nullcontext()
                 with ctx, accelerator.autocast():
@@ -353,16 +390,25 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
             loop["position"] += per_step
             if finite and world > 1:
                 step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum"))
-            if finite:
-                grad_norm = accelerator.clip_grad_norm_(trainable, tc.max_grad_norm) if tc.max_grad_norm else None
+            skip_reason = None if finite else "non-finite loss"
+            grad_norm = None
+            if skip_reason is None:
+                # The norm is needed even without clipping: bf16/fp32 have no scaler, and a finite loss with
+                # inf gradients would pass clipping (inf * 0 = NaN) and poison the adapter.
+                grad_norm = accelerator.clip_grad_norm_(trainable, tc.max_grad_norm or math.inf)
+                if grad_norm is not None and not math.isfinite(float(grad_norm)) and scaler is None:
+                    skip_reason = "non-finite gradient norm"
+            if skip_reason is None:
                 optimizer.step()
+                if accelerator.optimizer_step_was_skipped:  # fp16: the scaler found inf/NaN gradients
+                    skip_reason = "non-finite fp16 gradients (the scaler lowered its scale)"
+            if skip_reason is None:
                 scheduler.step()
                 loop["consecutive_bad"] = 0
                 last_loss = step_loss
             else:
                 loop["bad_steps"] += 1
                 loop["consecutive_bad"] += 1
-                grad_norm = None
             optimizer.zero_grad(set_to_none=True)
             loop["step"] += 1
             loop["samples"] += per_step
@@ -372,17 +418,17 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
                           "samples_per_s": per_step / dt if dt > 0 else None, "step_s": dt}
                 if finite:
                     record["loss"] = step_loss
-                    if grad_norm is not None:
-                        record["grad_norm"] = float(grad_norm)
-                else:
-                    record["skipped"] = "non-finite loss"
+                if skip_reason is None and grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
+                if skip_reason is not None:
+                    record["skipped"] = skip_reason
                 logger.write(record)
             lr, sps = scheduler.get_last_lr()[0], per_step / dt if dt > 0 else 0.0
             bar.update(loop["step"], f"loss {last_loss:.4f} lr {lr:.2e} {sps:.1f} samples/s"
                        if last_loss is not None else f"lr {lr:.2e}")
             if loop["consecutive_bad"] >= tc.max_bad_steps:
                 raise TrainingError(
-                    f"{run_dir}: the loss was non-finite for {loop['consecutive_bad']} steps in a row "
+                    f"{run_dir}: the loss or gradients were non-finite for {loop['consecutive_bad']} steps in a row "
                     f"(step {loop['step']}); lower train.lr or use train.precision=bf16/fp32. The last good "
                     f"checkpoint is intact under {ckpt_dir}"
                 )
@@ -451,6 +497,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
             "processes": world,
             "feature_cache": "off" if store is None else ("disk" if store.directory else "memory"),
             "train_images": len(records),
+            "selection": selection.to_dict(),
             "skipped_images": skipped,
             "parameters": {"total": params.total, "trainable": params.trainable,
                            "trainable_share": params.trainable_share, "per_component": params.per_component},
