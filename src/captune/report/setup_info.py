@@ -59,6 +59,21 @@ def environment(run: RunData) -> tuple[dict[str, str], str]:
     return environment_info(), "not recorded by the run: these are the machine and libraries that built this report"
 
 
+def devices(run: RunData) -> dict[str, str]:
+    """The device each stage recorded (train/summary.json, scores.json); runs from before it was recorded say so."""
+    out = {}
+    if run.train_summary is not None:
+        out["device: training"] = str(run.train_summary.get("device") or "not recorded")
+    per_system = run.scores.get("devices") if isinstance(run.scores, dict) else None
+    found = sorted({str(v) for v in (per_system or {}).values() if v})
+    if found:
+        missing = [k for k, v in per_system.items() if not v]
+        out["device: captioning"] = ", ".join(found) + (f" ({len(missing)} systems not recorded)" if missing else "")
+    else:
+        out["device: captioning"] = "not recorded"
+    return out
+
+
 def setup_sections(run: RunData) -> list[Section]:
     cfg = run.config or {}
     model, lora, data, tc = (cfg.get(k) or {} for k in ("model", "lora", "data", "train"))
@@ -72,6 +87,7 @@ def setup_sections(run: RunData) -> list[Section]:
     s.add("family", summary.get("family") or model.get("family"))
     s.add("dtype", model.get("dtype"))
     s.add("quantization", model.get("quantization"))
+    s.add("device asked for", model.get("device"))
     out.append(s)
 
     s = Section("LoRA")
@@ -129,6 +145,8 @@ def setup_sections(run: RunData) -> list[Section]:
 
     env, where = environment(run)
     s = Section("Hardware and versions", note=where)
+    for label, value in devices(run).items():
+        s.add(label, value)
     for k, v in env.items():
         s.add(k, v)
     out.append(s)
