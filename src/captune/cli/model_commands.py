@@ -138,9 +138,9 @@ def export(
     from captune.model.device import cli_overrides, model_device, resolve_device
     from captune.model.load import load_blip2
 
+    overrides = cli_overrides(device, dtype)
     cfg = read_adapter_config(adapter)
     record = read_adapter_record(adapter)
-    overrides = cli_overrides(device, dtype)
     _check_out(out, ("config.json",) if merge else ("adapter_config.json",))
     base_name = model or (record or {}).get("base_model") or cfg.get("base_model_name_or_path")
     if not base_name:
