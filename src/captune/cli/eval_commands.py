@@ -111,9 +111,9 @@ def caption_command(
     loaded = load_blip2(model_cfg, device=target)
     net = load_adapter(loaded.model, adapter) if adapter else loaded.model
     captioner = Captioner(net, loaded.processor, loaded.family)
-    typer.echo(f"captioning on {captioner.device} ({model_cfg.dtype})", err=True)
     captions = captioner.caption_paths([str(p) for p in paths], settings, adapter=adapter is not None,
                                        batch_size=batch_size or bs)
+    typer.echo(f"captioning on {captioner.device} ({model_cfg.dtype})", err=True)  # after: errors stay one line
     if as_json:
         typer.echo(json.dumps([{"image": str(p), "captions": c} for p, c in zip(paths, captions, strict=True)],
                               ensure_ascii=False, indent=2))

@@ -59,10 +59,14 @@ def make_accelerator(spec: str, mixed_precision: str):
     from accelerate import Accelerator
 
     spec = check_device(spec)
-    target = None if _launched() and spec in ("auto", "cuda") else resolve_device(spec)
-    if target is not None and target.type == "cuda":
+    if _launched() and spec in ("auto", "cuda"):  # accelerate gives each process its own GPU (or gloo on CPUs)
+        if spec == "cuda":
+            resolve_device(spec)  # refused in one line without a GPU
+        return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    target = resolve_device(spec)
+    if target.type == "cuda":
         torch.cuda.set_device(target)  # Accelerator's single-process device is the current CUDA device
-    return Accelerator(mixed_precision=mixed_precision, cpu=target is not None and target.type == "cpu")
+    return Accelerator(mixed_precision=mixed_precision, cpu=target.type == "cpu")
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
