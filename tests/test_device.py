@@ -246,3 +246,11 @@ def test_caption_honours_the_configs_generate_section(cpu_run, capsys, monkeypat
     assert (seen[-1].max_new_tokens, seen[-1].num_beams) == (5, 1)
     _caption_json(capsys, paths[0], "--model", "tiny-opt")  # no config, no adapter: caption's own defaults
     assert (seen[-1].max_new_tokens, seen[-1].num_beams, seen[-1].prompt) == (30, 1, "")
+
+
+def test_quantized_loading_needs_the_device_to_be_cuda(two_gpus) -> None:
+    from captune.model.load import _quantization_config
+
+    assert _quantization_config("none", torch.device("cpu")) is None
+    with pytest.raises(ConfigError, match=r"model.quantization.*model.device is cpu"):
+        _quantization_config("4bit", torch.device("cpu"))
