@@ -152,7 +152,7 @@ def test_export_records_its_device(cpu_run, tmp_path: Path, capsys: pytest.Captu
     assert json.loads((tmp_path / "a" / "captune_adapter.json").read_text())["train_prompt"] == "a photo of"
     assert main(["export", "--adapter", str(adapter), "--out", str(tmp_path / "m"), "--merge"]) == 0
     assert json.loads((tmp_path / "m" / "captune_export.json").read_text())["device"] == "cpu"
-    assert "exported on cpu" in capsys.readouterr().out
+    assert "exported on cpu" in capsys.readouterr().err
 
 
 def test_eval_device_flag_overrides_the_config(cpu_run, capsys: pytest.CaptureFixture[str]) -> None:

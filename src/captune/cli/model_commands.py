@@ -164,4 +164,4 @@ def export(
         save_adapter(peft_model, out, record)
         atomic_write_json(out / "captune_export.json", meta)
         console.print(f"adapter written to {out} (PEFT layout{', with ' + CAPTUNE_ADAPTER if record else ''})")
-    console.print(f"exported on {meta['device']} ({model_cfg.dtype})")
+    typer.echo(f"exported on {meta['device']} ({model_cfg.dtype})", err=True)  # a status line: stderr
