@@ -14,7 +14,8 @@ from types import ModuleType
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ["bench_train_step", "bench_grid", "bench_data", "bench_scaling", "gpu_full_size", "profile_cpu"]
+SCRIPTS = ["bench_train_step", "bench_grid", "bench_data", "bench_scaling", "gpu_full_size", "profile_cpu",
+           "gpu_smoke"]
 
 
 def load(name: str) -> ModuleType:
@@ -92,3 +93,19 @@ def test_profile_tiny(tmp_path: Path) -> None:
     result = run_tiny("profile_cpu", tmp_path)
     for phase in ("train", "grid"):
         assert result[phase]["profiled_s"] > 0 and result[phase]["top_cumulative"]
+
+
+def test_gpu_smoke_dry_run(tmp_path: Path) -> None:
+    """The GPU smoke command with model.device=cpu: every stage of both tiny models records cpu; a stage
+    recording another device than asked is a failure."""
+    smoke = load("gpu_smoke")
+    out = tmp_path / "smoke.json"
+    result = smoke.main(["--dry-run", "--out", str(out)])
+    assert result["failures"] == [] and json.loads(out.read_text())["smoke_s"] > 0
+    assert set(result["families"]) == {"tiny-opt", "tiny-t5"}
+    for res in result["families"].values():
+        assert {"train", "adapter record", "grid: lora-greedy", "grid: zero-shot-greedy", "caption", "export"} <= \
+            set(res["devices"])
+        assert set(res["devices"].values()) == {"cpu"}
+    assert result["full_size"]["exit"] == 0
+    assert smoke.wrong_devices(result["families"], "cuda")  # on a GPU machine these records would fail it

@@ -99,7 +99,7 @@ def test_grid_equals_independent_runs(trained_run: Path) -> None:
     captioner = Captioner(load_adapter(loaded.model, adapter), loaded.processor, loaded.family)
     paths = [r.path for r in records]
     for sc in cfg.eval.systems:
-        system = system_from(sc, cfg.generate)
+        system = system_from(sc, cfg.generate, cfg.train.prompt)
         if system.decode.do_sample:  # sample k draws with seed + 1000 k, batch by batch as the grid does
             for k, name in enumerate([system.name] + [f"{system.name}.sample-{j}" for j in range(1, system.samples)]):
                 settings = replace(system.decode, seed=system.decode.seed + 1000 * k)

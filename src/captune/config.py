@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,18 @@ class ModelConfig:
     quantization: Literal["none", "8bit", "4bit"] = "none"
     trust_remote_code: bool = False
     local_files_only: bool = False
+    # auto: the `accelerate launch` process's device, else CUDA when torch sees a GPU, else CPU (mps: ask for it)
+    device: str = "auto"
+
+
+DEVICE_SPEC = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(value: str, where: str = "config key 'model.device'") -> str:
+    """A device spec is one of auto, cpu, cuda, cuda:N, mps; anything else is refused in one line."""
+    if not isinstance(value, str) or not DEVICE_SPEC.fullmatch(value.strip()):
+        raise ConfigError(f"{where}: {value!r} is not a device; use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps")
+    return value.strip()
 
 
 @dataclass
@@ -326,6 +339,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'data.max_images': must be > 0 or null, got {cfg.data.max_images}")
     if cfg.lora.preset == "custom" and not cfg.lora.target_regex:
         raise ConfigError("config key 'lora.target_regex': required when lora.preset is 'custom'")
+    check_device(cfg.model.device)
     if cfg.model.family == "t5" and cfg.model.dtype == "fp16":
         raise ConfigError("config key 'model.dtype': fp16 overflows in T5 (NaN losses); use bf16 or fp32")
     if cfg.model.family == "t5" and cfg.train.precision == "fp16":

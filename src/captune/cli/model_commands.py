@@ -125,21 +125,47 @@ def export(
     out: Path = typer.Option(..., "--out", help="Folder to write."),
     model: str | None = typer.Option(None, "--model", help="Base model (default: the adapter's base)."),
     merge: bool = typer.Option(False, "--merge", help="Merge LoRA into the weights (a plain BLIP-2 folder)."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N | mps (where to merge)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: the adapter's run's)."),
 ) -> None:
     """Write the adapter (PEFT layout) or, with --merge, a merged full model whose outputs equal the adapted one."""
-    from captune.model.adapters import export_merged, load_adapter, read_adapter_config, save_adapter
+    from captune.config import apply_overrides
+    from captune.io import atomic_write_json
+    from captune.model.adapters import (
+        CAPTUNE_ADAPTER,
+        export_merged,
+        load_adapter,
+        read_adapter_config,
+        read_adapter_record,
+        save_adapter,
+    )
+    from captune.model.device import cli_overrides, model_device, resolve_device
     from captune.model.load import load_blip2
 
+    overrides = cli_overrides(device, dtype)
     cfg = read_adapter_config(adapter)
+    record = read_adapter_record(adapter)
     _check_out(out, ("config.json",) if merge else ("adapter_config.json",))
-    base_name = model or cfg.get("base_model_name_or_path")
+    base_name = model or (record or {}).get("base_model") or cfg.get("base_model_name_or_path")
     if not base_name:
         raise ConfigError(f"{adapter}: adapter_config.json names no base model; pass --model")
-    loaded = load_blip2(config_from_dict({"model": {"name_or_path": base_name}}).model)
+    model_data = {"name_or_path": base_name}
+    if record is not None and base_name == record.get("base_model"):
+        model_data.update({k: v for k, v in (("revision", record.get("revision")), ("dtype", record.get("dtype")))
+                           if v is not None})
+    model_cfg = config_from_dict(apply_overrides({"model": model_data}, overrides)).model
+    loaded = load_blip2(model_cfg, device=resolve_device(model_cfg.device, where="--device" if device else
+                                                         "config key 'model.device'"))
     peft_model = load_adapter(loaded.model, adapter)
+    meta = {"adapter": str(adapter), "base_model": base_name, "revision": model_cfg.revision,
+            "dtype": model_cfg.dtype, "merged": merge, "device": str(model_device(loaded.model)),
+            "captune_adapter": record}
     if merge:
         export_merged(peft_model, loaded.processor, out)
+        atomic_write_json(out / "captune_export.json", meta)
         console.print(f"merged model written to {out} (load with Blip2ForConditionalGeneration.from_pretrained)")
     else:
-        save_adapter(peft_model, out)
-        console.print(f"adapter written to {out} (PEFT layout)")
+        save_adapter(peft_model, out, record)
+        atomic_write_json(out / "captune_export.json", meta)
+        console.print(f"adapter written to {out} (PEFT layout{', with ' + CAPTUNE_ADAPTER if record else ''})")
+    typer.echo(f"exported on {meta['device']} ({model_cfg.dtype})", err=True)  # a status line: stderr

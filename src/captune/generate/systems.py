@@ -75,8 +75,12 @@ def settings_from(gen: GenerateConfig) -> DecodeSettings:
     return DecodeSettings(**{k: getattr(gen, k) for k in names})
 
 
-def system_from(cfg: SystemConfig, defaults: GenerateConfig) -> System:
+def system_from(cfg: SystemConfig, defaults: GenerateConfig, train_prompt: str | None = None) -> System:
+    """An adapter system that names no prompt continues `train_prompt` (what the adapter learned), as
+    the default grid's LoRA rows and `captune caption --adapter` do; a base system gets `generate.prompt`."""
     base = settings_from(defaults)
+    if cfg.adapter and train_prompt is not None:
+        base = replace(base, prompt=train_prompt)
     overrides = {f.name: getattr(cfg, f.name) for f in fields(SystemConfig)
                  if f.name in {g.name for g in fields(DecodeSettings)} and getattr(cfg, f.name) is not None}
     return System(cfg.name, cfg.adapter, replace(base, **overrides), cfg.samples)

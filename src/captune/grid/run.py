@@ -9,6 +9,7 @@ generated. Finished systems are read back from `predictions/`, so an interrupted
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from captune.io import atomic_write_json, atomic_write_text
 from captune.progress import Bar
 
 PRED_DIR = "predictions"
+META_FILE = "grid_meta.json"
+_META_LOCK = threading.Lock()
 
 
 @dataclass
@@ -42,7 +45,7 @@ class GridResult:
 
 def resolve_systems(cfg: RunConfig, with_adapter: bool) -> list[System]:
     if cfg.eval.systems:
-        systems = [system_from(s, cfg.generate) for s in cfg.eval.systems]
+        systems = [system_from(s, cfg.generate, cfg.train.prompt) for s in cfg.eval.systems]
         if not with_adapter and any(s.adapter for s in systems):
             names = ", ".join(s.name for s in systems if s.adapter)
             raise UserError(f"systems {names} need an adapter; train first or pass --adapter DIR")
@@ -62,6 +65,23 @@ def read_predictions(path: Path, image_ids: list[int]) -> dict[int, str] | None:
 
 def write_predictions(path: Path, image_ids: list[int], captions: list[str]) -> None:
     atomic_write_json(path, [{"image_id": i, "caption": c} for i, c in zip(image_ids, captions, strict=True)])
+
+
+def read_devices(run_dir: Path) -> dict[str, str]:
+    """Which device captioned each system (grid_meta.json; empty for runs made before it was recorded)."""
+    try:
+        devices = json.loads((run_dir / META_FILE).read_text(encoding="utf-8")).get("devices")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in devices.items()} if isinstance(devices, dict) else {}
+
+
+def record_devices(run_dir: Path, names: list[str], device: str) -> None:
+    """Add `names` -> `device` to grid_meta.json (systems of one grid may be captioned in several runs)."""
+    with _META_LOCK:
+        devices = read_devices(run_dir)
+        devices.update({n: device for n in names})
+        atomic_write_json(run_dir / META_FILE, {"devices": devices})
 
 
 def _sample_files(system: System) -> list[str]:
@@ -225,6 +245,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                     for system in group:
                         for fname in _sample_files(system):
                             write_predictions(pred_dir / f"{fname}.json", image_ids, captions[fname])
+                        record_devices(run_dir, [system.name], str(captioner.device))
                         written += 1
                         maybe_kill("grid-system", written)
             finally:
@@ -263,6 +284,7 @@ def score_grid(cfg: RunConfig, scorer, systems: list[System], image_ids: list[in
     reference = cfg.eval.reference_system if cfg.eval.reference_system in names else names[0]
     comparisons = [(n, reference, scorer.compare(results[n], results[reference])) for n in names if n != reference]
     best = best_baselines(systems, results)
+    devices = read_devices(cfg.run_dir)
     for system in systems:  # the recipe's claim: the adapter beats the strongest prompt and sampling baselines
         for baseline in dict.fromkeys(best.values()):
             if system.adapter and baseline != reference:
@@ -278,6 +300,7 @@ def score_grid(cfg: RunConfig, scorer, systems: list[System], image_ids: list[in
         "system_settings": {s.name: {"adapter": s.adapter, "samples": s.samples, **s.decode.__dict__}
                             for s in systems},
         "skipped_images": skipped,
+        "devices": {n: devices.get(n) for n in names},  # where each system was captioned (None: not recorded)
         "sample_spread": samples,
         "environment": environment_info(),
     }

@@ -21,14 +21,52 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
-def save_adapter(peft_model, out_dir: str | Path) -> Path:
-    """Write the adapter atomically in PEFT layout (safetensors only)."""
-    from captune.io import atomic_directory
+CAPTUNE_ADAPTER = "captune_adapter.json"
+"""Beside PEFT's files: what reproduces the evaluated system (base id/revision, training prompt, decoding)."""
+
+
+def adapter_record(cfg, device: str | None = None) -> dict:
+    """The base model, the training prompt and the decoding of every system that uses the adapter."""
+    from dataclasses import asdict
+
+    from captune.grid.run import resolve_systems
+
+    systems = [s for s in resolve_systems(cfg, True) if s.adapter]
+    return {
+        "base_model": cfg.model.name_or_path,
+        "revision": cfg.model.revision,
+        "dtype": cfg.model.dtype,
+        "train_prompt": cfg.train.prompt,
+        "generate": asdict(cfg.generate),
+        "systems": {s.name: {"samples": s.samples, **asdict(s.decode)} for s in systems},
+        "trained_on": device,
+    }
+
+
+def save_adapter(peft_model, out_dir: str | Path, record: dict | None = None) -> Path:
+    """Write the adapter atomically in PEFT layout (safetensors only), with captune's record beside it."""
+    from captune.io import atomic_directory, atomic_write_json
 
     out = Path(out_dir)
     with atomic_directory(out) as tmp:
         peft_model.save_pretrained(tmp, safe_serialization=True)
+        if record is not None:
+            atomic_write_json(tmp / CAPTUNE_ADAPTER, record)
     return out
+
+
+def read_adapter_record(adapter_dir: str | Path) -> dict | None:
+    """captune's record of an adapter folder, or None for a plain PEFT folder (made elsewhere or before it existed)."""
+    path = Path(adapter_dir) / CAPTUNE_ADAPTER
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not valid JSON ({exc}); delete it or re-save the adapter") from None
+    if not isinstance(record, dict):
+        raise ModelError(f"{path}: expected a JSON object; delete it or re-save the adapter")
+    return record
 
 
 def read_adapter_config(adapter_dir: str | Path) -> dict:

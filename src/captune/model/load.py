@@ -66,13 +66,13 @@ def apply_dtype_policy(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
     return model
 
 
-def _quantization_config(kind: str):
+def _quantization_config(kind: str, device: torch.device):
     if kind == "none":
         return None
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() or device.type != "cuda":
         raise ConfigError(
-            f"config key 'model.quantization': {kind} loading needs a CUDA GPU and bitsandbytes; "
-            "set model.quantization=none on this machine"
+            f"config key 'model.quantization': {kind} loading needs a CUDA GPU and bitsandbytes (model.device "
+            f"is {device}); set model.quantization=none or model.device=cuda"
         )
     try:
         import bitsandbytes  # noqa: F401
@@ -99,13 +99,17 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def load_blip2(cfg: ModelConfig, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load model + processor from a hub id, a local directory, or `tiny-opt`/`tiny-t5` (built in code)."""
+def load_blip2(cfg: ModelConfig, device: str | torch.device | None = None) -> LoadedModel:
+    """Load model + processor from a hub id, a local directory, or `tiny-opt`/`tiny-t5` (built in code),
+    onto `device` (default: `model.device` resolved by `captune.model.device.resolve_device`)."""
+    from captune.model.device import resolve_device
+
+    device = resolve_device(cfg.device) if device is None else torch.device(device)
     with BUILD_LOCK:
         return _load_blip2(cfg, device)
 
 
-def _load_blip2(cfg: ModelConfig, device: str | torch.device) -> LoadedModel:
+def _load_blip2(cfg: ModelConfig, device: torch.device) -> LoadedModel:
     _quiet_transformers()
     name = cfg.name_or_path
     if name in TINY_NAMES:
@@ -146,7 +150,7 @@ def _load_blip2(cfg: ModelConfig, device: str | torch.device) -> LoadedModel:
         raise ModelError(f"{name}: model_type is {config.model_type!r}, not a BLIP-2 checkpoint")
     family = detect_family(config)
     check_dtype(family, cfg.dtype)
-    quant = _quantization_config(cfg.quantization)
+    quant = _quantization_config(cfg.quantization, device)
     kwargs = dict(common, local_files_only=offline, dtype=DTYPES[cfg.dtype], use_safetensors=True)
     if quant is not None:
         kwargs["quantization_config"] = quant

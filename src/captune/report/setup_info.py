@@ -69,6 +69,21 @@ def adapter_selection(summary: dict[str, Any], data: dict[str, Any], tc: dict[st
     return f"split {data.get('val_split', '?')!s} (not recorded whether those images were also evaluated)"
 
 
+def devices(run: RunData) -> dict[str, str]:
+    """The device each stage recorded (train/summary.json, scores.json); runs from before it was recorded say so."""
+    out = {}
+    if run.train_summary is not None:
+        out["device: training"] = str(run.train_summary.get("device") or "not recorded")
+    per_system = run.scores.get("devices") if isinstance(run.scores, dict) else None
+    found = sorted({str(v) for v in (per_system or {}).values() if v})
+    if found:
+        missing = [k for k, v in per_system.items() if not v]
+        out["device: captioning"] = ", ".join(found) + (f" ({len(missing)} systems not recorded)" if missing else "")
+    else:
+        out["device: captioning"] = "not recorded"
+    return out
+
+
 def setup_sections(run: RunData) -> list[Section]:
     cfg = run.config or {}
     model, lora, data, tc = (cfg.get(k) or {} for k in ("model", "lora", "data", "train"))
@@ -82,6 +97,7 @@ def setup_sections(run: RunData) -> list[Section]:
     s.add("family", summary.get("family") or model.get("family"))
     s.add("dtype", model.get("dtype"))
     s.add("quantization", model.get("quantization"))
+    s.add("device asked for", model.get("device"))
     out.append(s)
 
     s = Section("LoRA")
@@ -141,6 +157,8 @@ def setup_sections(run: RunData) -> list[Section]:
 
     env, where = environment(run)
     s = Section("Hardware and versions", note=where)
+    for label, value in devices(run).items():
+        s.add(label, value)
     for k, v in env.items():
         s.add(k, v)
     out.append(s)

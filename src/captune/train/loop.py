@@ -214,12 +214,12 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
 
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=None) -> TrainResult:
     """Fine-tune LoRA adapters as `cfg` says; write the run directory; return a summary."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from captune.data import load_dataset_from_config
     from captune.data.selection import plan_selection
-    from captune.model.adapters import save_adapter
+    from captune.model.adapters import adapter_record, save_adapter
+    from captune.model.device import make_accelerator, model_device, resolve_device
     from captune.model.load import BUILD_LOCK, load_blip2
     from captune.model.lora import apply_lora
 
@@ -229,7 +229,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     run_dir = cfg.run_dir
     check_precision(cfg, family_hint(cfg))
     _check_run_dir(run_dir, resume)
-    accelerator = Accelerator(mixed_precision=PRECISION[tc.precision], cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(cfg.model.device, PRECISION[tc.precision])
+    device = resolve_device(cfg.model.device, accelerator)
     refuse_unsupported_launch(accelerator.distributed_type)
     world, rank = accelerator.num_processes, accelerator.process_index
     if tc.batch_size % world:
@@ -255,13 +256,14 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     # Model: seeded and built with no other thread building a model in between (see BUILD_LOCK)
     with BUILD_LOCK:
         set_seed(tc.seed)
-        loaded = load_blip2(cfg.model, device=accelerator.device)
+        loaded = load_blip2(cfg.model, device=device)
         check_precision(cfg, loaded.family)  # `family: auto` is known only now
         model, placement = apply_lora(loaded.model, cfg.lora, loaded.family)
     if tc.gradient_checkpointing:
         model.get_base_model().language_model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False})
     params = summarize_parameters(model)
+    adapter_meta = adapter_record(cfg, str(model_device(model)))
     collator = CaptionCollator(loaded.tokenizer, loaded.family, model.get_base_model().config.image_token_index,
                                model.get_base_model().config.num_query_tokens, tc.prompt, tc.max_caption_tokens)
     image_processor = loaded.processor.image_processor
@@ -443,7 +445,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
                 if improved:
                     loop.update(best_score=val["val_score"], best_step=loop["step"], since_best=0)
                     if accelerator.is_main_process:
-                        save_adapter(peft_model, run_dir / "train" / "best")
+                        save_adapter(peft_model, run_dir / "train" / "best", adapter_meta)
                         atomic_write_json(run_dir / "train" / "best.json", {"step": loop["step"], **val})
                 else:
                     loop["since_best"] += 1
@@ -480,7 +482,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
                 for f in best.iterdir():
                     (tmp / f.name).write_bytes(f.read_bytes())
         else:
-            save_adapter(peft_model, run_dir / "adapter")
+            save_adapter(peft_model, run_dir / "adapter", adapter_meta)
         summary = {
             "steps": loop["step"],
             "epochs_started": loop["epoch"] + 1,
@@ -495,6 +497,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
             "wall_seconds": time.perf_counter() - t_start,
             "samples_per_s": loop["samples"] / loop["train_seconds"] if loop["train_seconds"] else None,
             "processes": world,
+            "device": adapter_meta["trained_on"],  # where the weights were, not just what was asked
             "feature_cache": "off" if store is None else ("disk" if store.directory else "memory"),
             "train_images": len(records),
             "selection": selection.to_dict(),
