@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -327,8 +327,8 @@ class Captioner:
 
     @torch.no_grad()
     def caption_paths(self, paths: Sequence[str], settings: DecodeSettings, adapter: bool,
-                      batch_size: int = 32) -> list[list[str]]:
-        """Open, preprocess, encode and caption image files."""
+                      batch_size: int = 32, progress: Callable[[int], None] | None = None) -> list[list[str]]:
+        """Open, preprocess, encode and caption image files; `progress(n)` after each batch of n."""
         from captune.model.features import pixel_values
 
         out: list[list[str]] = []
@@ -337,4 +337,6 @@ class Captioner:
             with self.adapter_context(adapter):  # an adapter may have LoRA in the ViT (lora.adapt_vision)
                 embeds = encode_images(self.model, pix.to(self.device))
             out.extend(self.caption_embeds(embeds, settings, adapter, batch_size, seed=settings.seed + start))
+            if progress is not None:
+                progress(len(pix))
         return out
