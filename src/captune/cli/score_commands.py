@@ -59,11 +59,17 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(table)
     comps = [c for c in report.get("comparisons", []) if c["metric"] in _HEADLINE]
     if comps:
-        t2 = Table(title="paired test vs baseline (approximate randomisation, two-sided)")
-        for col in ("system", "baseline", "metric", "delta", "p"):
-            t2.add_column(col, justify="right" if col in ("delta", "p") else "left")
-        for c in comps:
-            t2.add_row(c["a"], c["b"], c["metric"], f"{c['delta']:+.4f}", f"{c['p_value']:.4f}")
+        from captune.metrics.stats import format_p
+        from captune.report.tables import holm_texts
+
+        t2 = Table(title=f"paired test vs baseline (approximate randomisation, two-sided): {len(comps)} comparisons, "
+                         "Holm-adjusted p beside the raw p")
+        for col in ("system", "baseline", "metric", "delta", "p", "p (Holm)"):
+            t2.add_column(col, justify="left" if col in ("system", "baseline", "metric") else "right")
+        adjusted = holm_texts([(c["p_value"], c.get("trials")) for c in comps])
+        for c, (_, holm_text) in zip(comps, adjusted, strict=True):
+            t2.add_row(c["a"], c["b"], c["metric"], f"{c['delta']:+.4f}", format_p(c["p_value"], c.get("trials"),
+                       prefix=False), holm_text)
         console.print(t2)
     for metric, why in report.get("unavailable", {}).items():
         console.print(f"[yellow]{metric}: {why}[/yellow]", highlight=False)
