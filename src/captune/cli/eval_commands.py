@@ -53,6 +53,14 @@ def _expand(inputs: list[Path]) -> list[Path]:
     return paths
 
 
+def results_json(paths: list[Path], captions: list[list[str]]) -> list[dict[str, object]]:
+    """One entry per image, named by its path as given: `captune score` matches it to the reference image of
+    the same file (a dataset's ids are its own, so no image_id is guessed here). `caption` is the first
+    caption, the one scored; `captions` lists all of them (several with --num-captions)."""
+    return [{"file_name": p.as_posix(), "caption": c[0] if c else "", "captions": c}
+            for p, c in zip(paths, captions, strict=True)]
+
+
 @app.command("caption")
 def caption_command(
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
@@ -65,7 +73,8 @@ def caption_command(
     top_p: float = typer.Option(0.9, "--top-p"),
     num_captions: int = typer.Option(1, "--num-captions", help="Captions per image (beams or samples)."),
     batch_size: int = typer.Option(16, "--batch-size"),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print a results JSON ([{file_name, caption}]) that `captune score --pred` reads."),
 ) -> None:
     """Caption images with a base model, optionally with a LoRA adapter."""
     from captune.generate.captioner import Captioner
@@ -90,8 +99,7 @@ def caption_command(
     captions = Captioner(net, loaded.processor, loaded.family).caption_paths(
         [str(p) for p in paths], settings, adapter=adapter is not None, batch_size=batch_size)
     if as_json:
-        typer.echo(json.dumps([{"image": str(p), "captions": c} for p, c in zip(paths, captions, strict=True)],
-                              ensure_ascii=False, indent=2))
+        typer.echo(json.dumps(results_json(paths, captions), ensure_ascii=False, indent=2))
         return
     table = Table("image", "caption")
     for p, caps in zip(paths, captions, strict=True):

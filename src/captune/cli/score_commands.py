@@ -80,7 +80,8 @@ def print_report(report: dict[str, Any]) -> None:
 @app.command("score")
 def score(
     pred: list[str] = typer.Option(
-        None, "--pred", help="Predictions (COCO results JSON); repeat for several systems; NAME=PATH to name one."
+        None, "--pred", help="Predictions: COCO results JSON ([{image_id, caption}]) or [{file_name, caption}] "
+        "(as `captune caption --json` writes); repeat for several systems; NAME=PATH to name one."
     ),
     refs: str = typer.Option(
         None, "--refs",
@@ -122,7 +123,7 @@ def _score(pred: list[str] | None, refs: str | None, split: str, families: list[
            human_baseline: str | None) -> dict[str, Any]:
     # Only the light modules here: METEOR's JVM (the longest part) starts before the scoring code loads.
     from captune.metrics import FAMILIES
-    from captune.metrics.io import check_coverage, load_predictions, load_references
+    from captune.metrics.io import check_coverage, load_predictions, load_reference_set
     from captune.metrics.meteor import remember_references, start_meteor
 
     unknown = [f for f in families if f not in FAMILIES]
@@ -135,12 +136,13 @@ def _score(pred: list[str] | None, refs: str | None, split: str, families: list[
         raise DataError("give at least one --pred PREDICTIONS.json (or --human-baseline DATA)")
     if human_baseline is None and refs is None:
         raise DataError("--refs is required: a dataset path, COCO annotations JSON or {image_id: [refs]} JSON")
-    references, train, described = load_references(human_baseline or refs, split)
+    found = load_reference_set(human_baseline or refs, split)
+    references, train, described = found.refs, found.train, found.described
     systems, sources = {}, {}
     taken: set[str] = set()
     for spec in pred or []:
         name, path = _system_name(spec, taken)
-        captions = load_predictions(path)
+        captions = load_predictions(path, found.names, described)
         check_coverage(path, captions, references)
         systems[name], sources[name] = captions, str(path)
     tokens: dict[str, str] = {}
