@@ -128,8 +128,10 @@ def test_cli_score_prints_the_bound_and_holm(tmp_path) -> None:
     (tmp_path / "good.json").write_text(json.dumps(good))
     result = CliRunner().invoke(app, ["score", "--pred", str(tmp_path / "bad.json"), "--pred",
                                       str(tmp_path / "good.json"), "--refs", str(tmp_path / "refs.json"),
-                                      "--metrics", "coco", "--bootstrap", "50"], env={"CAPTUNE_JAVA": "none",
-                                                                                       "COLUMNS": "200"})
+                                      "--metrics", "coco,diversity", "--bootstrap", "50"],
+                                env={"CAPTUNE_JAVA": "none", "COLUMNS": "400"})
     assert result.exit_code == 0, result.output
     assert "≤ 0.001" in result.output and "p (Holm)" in result.output and "comparisons" in result.output
     assert "0.0010" not in result.output
+    assert "falls as the number of captions grows" in result.output and "(40 here)" in result.output
+    assert "Repetition Rate is div/seq-rep-4" in result.output

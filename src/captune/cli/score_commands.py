@@ -59,8 +59,7 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(table)
     comps = [c for c in report.get("comparisons", []) if c["metric"] in _HEADLINE]
     if comps:
-        from captune.metrics.stats import format_p
-        from captune.report.tables import holm_texts
+        from captune.metrics.stats import format_p, holm_texts
 
         t2 = Table(title=f"paired test vs baseline (approximate randomisation, two-sided): {len(comps)} comparisons, "
                          "Holm-adjusted p beside the raw p")
@@ -71,6 +70,12 @@ def print_report(report: dict[str, Any]) -> None:
             t2.add_row(c["a"], c["b"], c["metric"], f"{c['delta']:+.4f}", format_p(c["p_value"], c.get("trials"),
                        prefix=False), holm_text)
         console.print(t2)
+    from captune.metrics.diversity import REPETITION_NOTE, REPETITION_RATE, TTR_NOTE
+
+    if "div/TTR" in metrics:
+        console.print(f"[dim]{TTR_NOTE.format(images=report['images'])}[/dim]", highlight=False)
+    if REPETITION_RATE in metrics:
+        console.print(f"[dim]{REPETITION_NOTE}[/dim]", highlight=False)
     for metric, why in report.get("unavailable", {}).items():
         console.print(f"[yellow]{metric}: {why}[/yellow]", highlight=False)
     for note in report.get("notes", []):

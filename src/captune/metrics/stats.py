@@ -149,6 +149,13 @@ def format_p(p: float | None, trials: int | None = None, *, bound: bool | None =
     return f"p {text}" if prefix else text
 
 
+def holm_texts(tests: Sequence[tuple[float, int | None]]) -> list[tuple[float, str]]:
+    """(Holm-adjusted p, its text for a table column) for (raw p, trials) pairs taken as one family. An
+    adjusted p whose raw p sat at the floor is an upper bound too (every smaller raw p is then at the floor)."""
+    adjusted = holm([p for p, _ in tests])
+    return [(a, format_p(a, bound=at_floor(p, t), prefix=False)) for a, (p, t) in zip(adjusted, tests, strict=True)]
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values (Holm 1979), in the input order: sorted ascending, the i-th
     smallest (from 0) becomes max over j <= i of min(1, (m - j) p_(j)). Rejecting where the adjusted

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from captune.metrics.stats import at_floor, format_p, holm
+from captune.metrics.diversity import REPETITION_NOTE, TTR_NOTE
+from captune.metrics.stats import format_p, holm_texts
 from captune.report.load import RunData
 
 ALPHA = 0.05
@@ -185,12 +186,6 @@ def comparisons_note(count: int, what: str = "paired tests") -> str:
             f"{count} (Holm–Bonferroni, family-wise error ≤ {ALPHA}).")
 
 
-TTR_NOTE = ("TTR (types / tokens over all captions together) falls as the number of captions grows, so compare it "
-            "only between systems scored on the same images ({images} here), never across runs of another size.")
-REPETITION_NOTE = ("Repetition Rate is div/seq-rep-4 (Welleck et al. 2019): per caption, 1 − unique 4-grams / "
-                   "4-grams, averaged over captions; it is above 0 only when a caption repeats a 4-gram (loops).")
-
-
 def metric_notes(table: MainTable, images: Any = None) -> list[str]:
     """What TTR and Repetition Rate mean, for the columns the table shows."""
     out = []
@@ -273,13 +268,6 @@ def main_table_markdown(table: MainTable) -> str:
 
 
 PAIRED_HEADERS = ["System", "Metric", "Δ", "p", "p (Holm)", "p < 0.05", "Holm p < 0.05"]
-
-
-def holm_texts(tests: list[tuple[float, int | None]]) -> list[tuple[float, str]]:
-    """(adjusted p, its text) for (raw p, trials) pairs taken as one family. An adjusted p whose raw p
-    sat at the floor is an upper bound too (every smaller raw p is then at the floor as well)."""
-    adjusted = holm([p for p, _ in tests])
-    return [(a, format_p(a, bound=at_floor(p, t), prefix=False)) for a, (p, t) in zip(adjusted, tests, strict=True)]
 
 
 def paired_rows(table: MainTable) -> list[list[str]]:
