@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from captune.demo.pipeline import DEMO_SYSTEMS, run_demo
+from captune.metrics.java import find_java
 
 
 def test_demo_runs_end_to_end_at_reduced_scale(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -24,7 +25,8 @@ def test_demo_runs_end_to_end_at_reduced_scale(tmp_path: Path, monkeypatch, caps
     best = scores["best_baselines"]
     assert set(best) == {"criterion", "prompt", "sampling"}
     assert len(result.versus) == 4  # 2 LoRA systems x (best prompt, best sampling)
-    assert all(line.count("(p=") == 3 for line in result.versus), result.versus
+    tested = 3 if find_java().available else 2  # BLEU-4, CIDEr, and METEOR where Java is found
+    assert all(line.count("(p ") == tested for line in result.versus), result.versus
     summary = json.loads((run / "train" / "summary.json").read_text())
     assert summary["parameters"]["trainable_share"] < 0.05
     # A rerun, typed as a user would, reuses the cached dataset, base model and finished stages.

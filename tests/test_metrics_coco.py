@@ -28,7 +28,7 @@ from captune.metrics.suite import Scorer
 from captune.metrics.tokenize import fallback_tokenize, ptb_tokenize
 
 pycoco = pytest.importorskip("pycocoevalcap")
-needs_java = pytest.mark.skipif(not find_java().available, reason="no Java runtime")
+needs_java = pytest.mark.skipif(not find_java().available, reason=f"no Java runtime: {find_java().source}")
 
 VOCAB = [
     "a", "an", "the", "dog", "dogs", "man", "woman", "child", "boy", "girl", "runs", "running", "jumps", "on",

@@ -112,12 +112,13 @@ def test_meteor_equals_nltk_meteor_score(wordnet, nltk_reader, captions) -> None
 def test_missing_wordnet_is_reported_with_the_fix(monkeypatch, tmp_path: Path) -> None:
     import nltk
 
+    monkeypatch.delenv("CAPTUNE_WORDNET_DIR", raising=False)  # this test checks the search, not the hiding
     monkeypatch.setattr(nltk_style, "_wordnet_dirs", lambda: [tmp_path])
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
-    nltk_style.load_wordnet.cache_clear()
+    nltk_style._load_wordnet.cache_clear()
     try:
         source, reason = nltk_style.load_wordnet()
     finally:
-        nltk_style.load_wordnet.cache_clear()
+        nltk_style._load_wordnet.cache_clear()
     assert source is None
     assert reason.startswith("nltk/METEOR unavailable:") and "python -m nltk.downloader wordnet" in reason

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,9 @@ def finished_run(tmp_path_factory, tiny_model_dirs) -> Path:
     two systems' prediction files are replaced by designed captions (a collapsed zero-shot system;
     a LoRA system mostly right, sometimes wrong, once looping) and the grid is rerun, which reuses
     the predictions and scores them: scores.json is still the grid's own output. Java is hidden while
-    scoring (METEOR's JVM takes ~25 s to start here), which also exercises the "unavailable" listing.
+    scoring (CAPTUNE_JAVA=none; METEOR's JVM takes ~25 s to start here), which also exercises the
+    "unavailable" listing. WordNet is used where the machine has it: METEOR is then NLTK's, else it is missing
+    (`test_report_without_wordnet` forces that case on a machine with WordNet).
     """
     from captune.config import load_config
     from captune.data import load_dataset_from_config
@@ -67,15 +71,8 @@ def finished_run(tmp_path_factory, tiny_model_dirs) -> Path:
         lora[k] = records[(k + 7) % len(records)].refs[1]
     lora[1] = "a red circle and a red circle and a red circle and a red circle"
     write("lora-greedy", lora)
-    old = os.environ.get("CAPTUNE_JAVA")
-    os.environ["CAPTUNE_JAVA"] = str(root / "no-java")
-    try:
+    with _hidden(CAPTUNE_JAVA="none"):
         run_grid(cfg, progress=False)
-    finally:
-        if old is None:
-            os.environ.pop("CAPTUNE_JAVA")
-        else:
-            os.environ["CAPTUNE_JAVA"] = old
     truth = load_truth(root / "synth" / "synth_objects.json")
     alignment = {}
     for system in ("zero-shot-greedy", "zero-shot-beam3", "lora-greedy"):
@@ -83,6 +80,28 @@ def finished_run(tmp_path_factory, tiny_model_dirs) -> Path:
         alignment[system] = alignment_scores({r.name: caps[r.image_id] for r in records}, truth)
     (cfg.run_dir / "alignment.json").write_text(json.dumps(alignment))
     return cfg.run_dir
+
+
+@contextlib.contextmanager
+def _hidden(**values: str) -> Iterator[None]:
+    """Set captune's lookup variables (CAPTUNE_JAVA=none, CAPTUNE_WORDNET_DIR=none) for a module-scope fixture."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _meteor_column() -> str:
+    """Java is hidden while scoring, so METEOR is NLTK's where WordNet is found and COCO's (empty) where not."""
+    from captune.metrics.nltk_style import load_wordnet
+
+    return "nltk/METEOR" if load_wordnet()[0] is not None else "coco/METEOR"
 
 
 def _copy_run(run: Path, dest: Path) -> Path:
@@ -147,6 +166,14 @@ def _close(shown: str | None, value: float | None) -> bool:
     return shown is not None and abs(float(shown) - value) <= TOL
 
 
+def _p_shown(shown: str, comparison: dict) -> bool:
+    """A p cell: "≤ 1/(trials+1)" exactly where p sits at that floor, else the value to 4 decimals."""
+    floor = 1 / (comparison["trials"] + 1)
+    if comparison["p_value"] <= floor * (1 + 1e-9):
+        return shown.startswith("≤ ") and floor <= float(shown[2:]) <= 1.1 * floor
+    return abs(float(shown) - comparison["p_value"]) <= 5e-5
+
+
 def test_report_has_every_section_and_the_numbers_of_scores_json(finished_run: Path, report) -> None:
     md = report.markdown.read_text()
     scores = json.loads((finished_run / "scores.json").read_text())
@@ -162,8 +189,8 @@ def test_report_has_every_section_and_the_numbers_of_scores_json(finished_run: P
     table = _table_after(md, "| System | coco/BLEU-1")
     metrics = [_header_metric(h) for h in table[0][1:]]
     assert metrics == ["coco/BLEU-1", "coco/BLEU-2", "coco/BLEU-3", "coco/BLEU-4", "rouge/ROUGE-1", "rouge/ROUGE-2",
-                       "rouge/ROUGE-L", "nltk/METEOR", "coco/CIDEr", "div/TTR", "div/seq-rep-4", "div/Duplicate Rate",
-                       "div/distinct-1", "div/distinct-2"]  # METEOR falls back to NLTK's: no Java here
+                       "rouge/ROUGE-L", _meteor_column(), "coco/CIDEr", "div/TTR", "div/seq-rep-4",
+                       "div/Duplicate Rate", "div/distinct-1", "div/distinct-2"]  # no Java while scoring
     assert "Repetition Rate ↓ (div/seq-rep-4)" in table[0] and "div/Duplicate Rate ↓" in table[0]
     ref = scores["reference_system"]
     tests = {(c["a"], c["metric"]): c for c in scores["comparisons"] if c["b"] == ref}
@@ -179,7 +206,10 @@ def test_report_has_every_section_and_the_numbers_of_scores_json(finished_run: P
         for metric, cell in zip(metrics, row[1:], strict=True):
             m = CELL.match(cell)
             assert m, (name, metric, cell)
-            entry = source[metric]
+            entry = source.get(metric)
+            if entry is None:  # METEOR with neither Java nor WordNet: listed as unavailable, shown as "–"
+                assert cell == "–" and metric in scores["unavailable"], (name, metric, cell)
+                continue
             assert _close(m.group(1), entry["value"]), (name, metric, cell, entry)
             assert _close(m.group(2), entry["ci_low"]) and _close(m.group(3), entry["ci_high"]), (name, metric, cell)
             test = tests.get((name, metric))
@@ -194,10 +224,11 @@ def test_report_has_every_section_and_the_numbers_of_scores_json(finished_run: P
     assert significant >= 5  # the designed LoRA captions beat the collapsed reference
 
     paired = _table_after(md, "| System | Metric | Δ | p |")
-    for system, metric, delta, p, sig in paired[1:]:
+    assert paired[0] == ["System", "Metric", "Δ", "p", "p (Holm)", "p < 0.05", "Holm p < 0.05"]
+    assert f"This table makes {len(paired) - 1} comparisons" in md
+    for system, metric, delta, p, _, sig, _ in paired[1:]:
         c = tests[(system, metric)]
-        assert _close(delta, c["delta"]) and abs(float(p) - c["p_value"]) <= 5e-5 and (sig == "yes") == (
-            c["p_value"] < 0.05)
+        assert _close(delta, c["delta"]) and _p_shown(p, c) and (sig == "yes") == (c["p_value"] < 0.05)
     assert "approximate randomisation" in md and "p &lt; 0.05" in md
 
     for metric, why in scores["unavailable"].items():
@@ -219,7 +250,7 @@ def test_report_has_every_section_and_the_numbers_of_scores_json(finished_run: P
         if c["b"] == "nucleus" and c["metric"] in ("coco/BLEU-4", "coco/CIDEr"):
             row = shown[(c["a"], c["metric"])]
             assert row[1] == "nucleus (best sampling)" and _close(row[5], c["delta"])
-            assert abs(float(row[6]) - c["p_value"]) <= 5e-5
+            assert _p_shown(row[6], c)
     assert {a for a, _ in shown} == {"lora-greedy"}
 
     alignment = json.loads((finished_run / "alignment.json").read_text())
@@ -238,6 +269,27 @@ def test_report_has_every_section_and_the_numbers_of_scores_json(finished_run: P
     for lib in ("torch", "transformers", "peft", "accelerate", "captune"):
         assert f"| {lib} |" in md
     assert "| grid: total |" in md and "| training (whole stage) |" in md
+
+
+def test_report_without_wordnet(finished_run: Path, tmp_path: Path) -> None:
+    """Neither Java nor WordNet (forced by captune's variables): the grid rescoring the same predictions lists
+    both METEORs as unavailable, and the report shows an empty coco/METEOR column instead of NLTK's."""
+    from captune.config import load_config
+    from captune.grid.run import run_grid
+
+    shutil.copytree(finished_run, tmp_path / "runs" / finished_run.name,
+                    ignore=shutil.ignore_patterns("report.*", "figures", "scores.json"))
+    cfg = load_config(finished_run.parents[1] / "run.yaml", [f"output_dir={tmp_path / 'runs'}"])
+    with _hidden(CAPTUNE_JAVA="none", CAPTUNE_WORDNET_DIR="none"):
+        run_grid(cfg, progress=False)
+    scores = json.loads((cfg.run_dir / "scores.json").read_text())
+    assert "WordNet hidden" in scores["unavailable"]["nltk/METEOR"]
+    assert "Java hidden" in scores["unavailable"]["coco/METEOR"]
+    md = build_report(cfg.run_dir, ("md",)).markdown.read_text()
+    table = _table_after(md, "| System | coco/BLEU-1")
+    column = [_header_metric(h) for h in table[0]].index("coco/METEOR")
+    assert all(row[column] == "–" for row in table[1:]) and "nltk/METEOR" not in table[0]
+    assert "`coco/METEOR` — METEOR unavailable: Java hidden" in md
 
 
 def test_figures_and_gallery_files(finished_run: Path, report) -> None:

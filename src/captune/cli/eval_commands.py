@@ -61,12 +61,13 @@ def caption_command(
     batch_size: int | None = typer.Option(None, "--batch-size"),
     device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
     dtype: str | None = typer.Option(None, "--dtype", help=DTYPE_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print a results JSON ([{file_name, caption}]) that `captune score --pred` reads."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Caption images with a base model, optionally with a LoRA adapter, decoding as the adapter's run
     (or --config's generate section) says unless a flag says otherwise."""
-    from captune.generate.files import caption_images
+    from captune.generate.files import caption_images, results_json
 
     result = caption_images(images, model=model, adapter=adapter, config=config, prompt=prompt, num_beams=num_beams,
                             max_new_tokens=max_new_tokens, sample=sample, top_p=top_p, num_captions=num_captions,
@@ -74,8 +75,7 @@ def caption_command(
     paths, captions = result.paths, result.captions
     say(f"captioning on {result.device} ({result.dtype})")
     if as_json:
-        typer.echo(json.dumps([{"image": str(p), "captions": c} for p, c in zip(paths, captions, strict=True)],
-                              ensure_ascii=False, indent=2))
+        typer.echo(json.dumps(results_json(paths, captions), ensure_ascii=False, indent=2))
         return
     table = Table("image", "caption")
     for p, caps in zip(paths, captions, strict=True):

@@ -59,12 +59,23 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(table)
     comps = [c for c in report.get("comparisons", []) if c["metric"] in _HEADLINE]
     if comps:
-        t2 = Table(title="paired test vs baseline (approximate randomisation, two-sided)")
-        for col in ("system", "baseline", "metric", "delta", "p"):
-            t2.add_column(col, justify="right" if col in ("delta", "p") else "left")
-        for c in comps:
-            t2.add_row(c["a"], c["b"], c["metric"], f"{c['delta']:+.4f}", f"{c['p_value']:.4f}")
+        from captune.metrics.stats import format_p, holm_texts
+
+        t2 = Table(title=f"paired test vs baseline (approximate randomisation, two-sided): {len(comps)} comparisons, "
+                         "Holm-adjusted p beside the raw p")
+        for col in ("system", "baseline", "metric", "delta", "p", "p (Holm)"):
+            t2.add_column(col, justify="left" if col in ("system", "baseline", "metric") else "right")
+        adjusted = holm_texts([(c["p_value"], c.get("trials")) for c in comps])
+        for c, (_, holm_text) in zip(comps, adjusted, strict=True):
+            t2.add_row(c["a"], c["b"], c["metric"], f"{c['delta']:+.4f}", format_p(c["p_value"], c.get("trials"),
+                       prefix=False), holm_text)
         console.print(t2)
+    from captune.metrics.diversity import REPETITION_NOTE, REPETITION_RATE, TTR_NOTE
+
+    if "div/TTR" in metrics:
+        console.print(f"[dim]{TTR_NOTE.format(images=report['images'])}[/dim]", highlight=False)
+    if REPETITION_RATE in metrics:
+        console.print(f"[dim]{REPETITION_NOTE}[/dim]", highlight=False)
     for metric, why in report.get("unavailable", {}).items():
         console.print(f"[yellow]{metric}: {why}[/yellow]", highlight=False)
     for note in report.get("notes", []):
@@ -74,7 +85,8 @@ def print_report(report: dict[str, Any]) -> None:
 @app.command("score")
 def score(
     pred: list[str] = typer.Option(
-        None, "--pred", help="Predictions (COCO results JSON); repeat for several systems; NAME=PATH to name one."
+        None, "--pred", help="Predictions: COCO results JSON ([{image_id, caption}]) or [{file_name, caption}] "
+        "(as `captune caption --json` writes); repeat for several systems; NAME=PATH to name one."
     ),
     refs: str = typer.Option(
         None, "--refs",
@@ -117,7 +129,7 @@ def _score(pred: list[str] | None, refs: str | None, split: str, families: list[
            human_baseline: str | None, progress: bool = False) -> dict[str, Any]:
     # Only the light modules here: METEOR's JVM (the longest part) starts before the scoring code loads.
     from captune.metrics import FAMILIES
-    from captune.metrics.io import check_coverage, load_predictions, load_references
+    from captune.metrics.io import check_coverage, load_predictions, load_reference_set
     from captune.metrics.meteor import remember_references, start_meteor
 
     unknown = [f for f in families if f not in FAMILIES]
@@ -130,12 +142,13 @@ def _score(pred: list[str] | None, refs: str | None, split: str, families: list[
         raise DataError("give at least one --pred PREDICTIONS.json (or --human-baseline DATA)")
     if human_baseline is None and refs is None:
         raise DataError("--refs is required: a dataset path, COCO annotations JSON or {image_id: [refs]} JSON")
-    references, train, described = load_references(human_baseline or refs, split)
+    found = load_reference_set(human_baseline or refs, split)
+    references, train, described = found.refs, found.train, found.described
     systems, sources = {}, {}
     taken: set[str] = set()
     for spec in pred or []:
         name, path = _system_name(spec, taken)
-        captions = load_predictions(path)
+        captions = load_predictions(path, found.names, described)
         check_coverage(path, captions, references)
         systems[name], sources[name] = captions, str(path)
     tokens: dict[str, str] = {}

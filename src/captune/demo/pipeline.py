@@ -189,6 +189,7 @@ def summary_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 def versus_lines(run_dir: Path) -> list[str]:
     """One line per (LoRA system, best prompt / best sampling baseline): Δ and paired p per metric."""
+    from captune.metrics.stats import format_p
     from captune.report.tables import versus_best
 
     scores = json.loads((run_dir / "scores.json").read_text(encoding="utf-8"))
@@ -196,5 +197,5 @@ def versus_lines(run_dir: Path) -> list[str]:
     for kind, c in versus_best(scores):
         if c.get("delta") is not None:
             lines.setdefault((c["a"], kind, c["b"]), []).append(
-                f"{c['metric'].split('/')[-1]} {c['delta']:+.3f} (p={c['p_value']:.3f})")
+                f"{c['metric'].split('/')[-1]} {c['delta']:+.3f} ({format_p(c['p_value'], c.get('trials'))})")
     return [f"{a} vs best {kind} ({b}): " + ", ".join(parts) for (a, kind, b), parts in lines.items()]

@@ -30,6 +30,14 @@ class CaptionedImages:
     dtype: str
 
 
+def results_json(paths: Sequence[Path], captions: Sequence[list[str]]) -> list[dict[str, object]]:
+    """One entry per image, named by its path as given: `captune score` matches it to the reference image of
+    the same file (a dataset's ids are its own, so no image_id is guessed here). `caption` is the first
+    caption, the one scored; `captions` lists all of them (several with num_captions)."""
+    return [{"file_name": p.as_posix(), "caption": c[0] if c else "", "captions": c}
+            for p, c in zip(paths, captions, strict=True)]
+
+
 def expand_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Image files as given, and the images inside folders (sorted)."""
     paths: list[Path] = []

@@ -43,6 +43,10 @@ import numpy as np
 from captune.metrics.nltk_style import brevity_penalty
 
 REPETITION_RATE = "div/seq-rep-4"
+TTR_NOTE = ("TTR (types / tokens over all captions together) falls as the number of captions grows, so compare it "
+            "only between systems scored on the same images ({images} here), never across runs of another size.")
+REPETITION_NOTE = ("Repetition Rate is div/seq-rep-4 (Welleck et al. 2019): per caption, 1 − unique 4-grams / "
+                   "4-grams, averaged over captions; it is above 0 only when a caption repeats a 4-gram (loops).")
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
 

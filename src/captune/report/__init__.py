@@ -103,7 +103,7 @@ def build_report(run_dir: str | Path, formats: str | Iterable[str] = ("md", "htm
         from captune.report.html import render_html
 
         page = render_html(run, sections, table, {n: (FIGURES[n], p.read_bytes()) for n, p in figures.items()},
-                           gallery, legend(table, run), reading_note(table))
+                           gallery, legend(table, run), reading_note(table, run.scores.get("images")))
         paths.html = run.run_dir / "report.html"
         atomic_write_text(paths.html, page)
     return paths

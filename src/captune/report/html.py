@@ -15,20 +15,24 @@ import html
 import json
 from typing import Any
 
+from captune.metrics.stats import format_p
 from captune.report.gallery import Gallery
 from captune.report.load import RunData
 from captune.report.setup_info import Section, systems_table
 from captune.report.tables import (
+    PAIRED_HEADERS,
     VERSUS_NOTE,
     MainTable,
     alignment_table,
     ci_text,
+    comparisons_note,
     delta_text,
     num,
     paired_rows,
     sample_spread_table,
     test_name,
     versus_best_table,
+    versus_count,
 )
 
 
@@ -210,7 +214,7 @@ def main_table_html(table: MainTable) -> str:
                 tone = "" if cell.delta == 0 else (" better" if good else " worse")
                 mark = ""
                 if cell.p_value is not None:
-                    p = f"p = {cell.p_value:.4f}"
+                    p = format_p(cell.p_value, cell.trials)
                     mark = f' <span class="sig" title="{esc(p)}">*</span>' if cell.significant else ""
                     parts.append(f'<span class="d{tone}" title="{esc(p)}">Δ {esc(delta_text(cell))}{mark}</span>')
                 else:
@@ -301,12 +305,15 @@ def render_html(run: RunData, sections: list[Section], table: MainTable, figures
               *[f"<li><code>{esc(p)}/</code> — {esc(t)}</li>" for p, t in legend], "</ul>"]
     paired = paired_rows(table)
     if paired:
-        parts += [f"<details><summary>Paired tests against the reference ({esc(test_name(table))})</summary>",
-                  _simple_table(["System", "Metric", "Δ", "p", "p < 0.05"], paired, num_from=2), "</details>"]
+        note = comparisons_note(len(paired), "every system against the reference, every tested metric")
+        parts += [f"<details><summary>Paired tests against the reference ({esc(test_name(table))}; "
+                  f"{len(paired)} comparisons)</summary>", f'<p class="note">{esc(note)}</p>',
+                  _simple_table(PAIRED_HEADERS, paired, num_from=2, attrs=' id="paired-tests"'), "</details>"]
     versus = versus_best_table(run)
     if versus is not None:
         parts += ['<h3 id="versus-best">Fine-tuned vs the best prompt and sampling baselines</h3>',
-                  f'<p class="note">{esc(VERSUS_NOTE)}</p>',
+                  f'<p class="note">{esc(VERSUS_NOTE)} '
+                  f'{esc(comparisons_note(versus_count(run), "fine-tuned vs best baselines"))}</p>',
                   '<div class="scroll">' + _simple_table(*versus, num_from=3, attrs=' id="versus-best-table"')
                   + "</div>"]
     spread = sample_spread_table(run, table)

@@ -10,9 +10,11 @@ from captune.report.gallery import Gallery
 from captune.report.load import RunData
 from captune.report.setup_info import Section, systems_table
 from captune.report.tables import (
+    PAIRED_HEADERS,
     VERSUS_NOTE,
     MainTable,
     alignment_table,
+    comparisons_note,
     legend,
     main_table_markdown,
     md_escape,
@@ -22,6 +24,7 @@ from captune.report.tables import (
     reading_note,
     sample_spread_table,
     versus_best_table,
+    versus_count,
 )
 
 
@@ -48,17 +51,18 @@ def render_markdown(run: RunData, sections: list[Section], table: MainTable, fig
     headers, rows = systems_table(run)
     out += ["### Systems (decoding settings)", "", md_table(headers, [[md_escape(c) for c in r] for r in rows]), ""]
 
-    out += ["## Main results", "", main_table_markdown(table), "", md_escape(reading_note(table)), "",
+    out += ["## Main results", "", main_table_markdown(table), "", md_escape(reading_note(table, s.get("images"))), "",
             "Metric implementations:", "", *[f"- `{p}/` — {md_escape(t)}" for p, t in legend(table, run)], ""]
     paired = paired_rows(table)
     if paired:
         out += ["### Paired tests against the reference", "",
-                md_table(["System", "Metric", "Δ", "p", "p < 0.05"], [[md_escape(c) for c in r] for r in paired]),
-                ""]
+                md_escape(comparisons_note(len(paired), "every system against the reference, every tested metric")),
+                "", md_table(PAIRED_HEADERS, [[md_escape(c) for c in r] for r in paired]), ""]
     versus = versus_best_table(run)
     if versus is not None:
         out += ["### Fine-tuned vs the best prompt and sampling baselines", "",
-                md_escape(VERSUS_NOTE), "",
+                md_escape(VERSUS_NOTE + " " + comparisons_note(versus_count(run), "fine-tuned vs best baselines")),
+                "",
                 md_table([md_escape(h) for h in versus[0]], [[md_escape(c) for c in r] for r in versus[1]]), ""]
     spread = sample_spread_table(run, table)
     if spread is not None:

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from captune.metrics.diversity import REPETITION_NOTE, TTR_NOTE
+from captune.metrics.stats import format_p, holm_texts
 from captune.report.load import RunData
 
 ALPHA = 0.05
@@ -58,6 +60,7 @@ class Cell:
     ci_high: float | None = None
     delta: float | None = None
     p_value: float | None = None
+    trials: int | None = None
 
     @property
     def significant(self) -> bool:
@@ -127,6 +130,7 @@ def main_table(run: RunData, columns: tuple[Column, ...] = MAIN_COLUMNS) -> Main
                 test = tests.get((system, metric))
                 cell.delta = test["delta"] if test and test.get("delta") is not None else cell.value - base
                 cell.p_value = test.get("p_value") if test else None
+                cell.trials = test.get("trials") if test else None
             cells.append(cell)
         rows.append(Row(system, "reference" if system == ref else "system", cells))
     if run.human is not None:
@@ -168,14 +172,43 @@ def test_name(table: MainTable) -> str:
     return f"{table.test}, p < {ALPHA}"
 
 
-def reading_note(table: MainTable) -> str:
+def tested_cells(table: MainTable) -> list[Cell]:
+    """The cells with a paired test: the comparisons the main table makes."""
+    return [c for row in table.rows if row.kind == "system" for c in row.cells if c.p_value is not None]
+
+
+def comparisons_note(count: int, what: str = "paired tests") -> str:
+    """How many comparisons a table makes, and what that means for its unadjusted p < 0.05."""
+    if count <= 1:
+        return f"This table makes {count} comparison."
+    return (f"This table makes {count} comparisons ({what}): at p < {ALPHA} unadjusted, about {ALPHA * count:.1f} "
+            "of them would pass by chance if no system differed; the Holm column adjusts p for all "
+            f"{count} (Holm–Bonferroni, family-wise error ≤ {ALPHA}).")
+
+
+def metric_notes(table: MainTable, images: Any = None) -> list[str]:
+    """What TTR and Repetition Rate mean, for the columns the table shows."""
+    out = []
+    if "div/TTR" in table.metrics:
+        out.append(TTR_NOTE.format(images=images if images is not None else "the same"))
+    if "div/seq-rep-4" in table.metrics:
+        out.append(REPETITION_NOTE)
+    return out
+
+
+def reading_note(table: MainTable, images: Any = None) -> str:
     """How to read the main table (plain text; each renderer escapes it)."""
     level = round(table.ci_level * 100)
-    return (f"Cells: value, its {level} % bootstrap interval and Δ against the reference system {table.reference}; "
-            f"* marks a significant paired test ({test_name(table)}). ↑ higher is better, ↓ lower is better. "
-            "Set-based measures (TTR, duplicate rate, distinct-n) get no interval and no test: resampling images "
-            "duplicates captions, which biases them. The human row scores each reference against the others "
-            "(leave-one-out), so it uses one reference fewer than the systems.")
+    count = len(tested_cells(table))
+    return " ".join([
+        f"Cells: value, its {level} % bootstrap interval and Δ against the reference system {table.reference}; "
+        f"* marks a significant paired test ({test_name(table)}, unadjusted, over {count} comparisons; the paired "
+        "tests table gives Holm-adjusted p). A p at the test's floor 1/(trials + 1) is shown as p ≤ that floor. "
+        "↑ higher is better, ↓ lower is better. "
+        "Set-based measures (TTR, duplicate rate, distinct-n) get no interval and no test: resampling images "
+        "duplicates captions, which biases them. The human row scores each reference against the others "
+        "(leave-one-out), so it uses one reference fewer than the systems.",
+        *metric_notes(table, images)])
 
 
 def legend(table: MainTable, run: RunData) -> list[tuple[str, str]]:
@@ -234,15 +267,17 @@ def main_table_markdown(table: MainTable) -> str:
     return md_table(headers, rows)
 
 
+PAIRED_HEADERS = ["System", "Metric", "Δ", "p", "p (Holm)", "p < 0.05", "Holm p < 0.05"]
+
+
 def paired_rows(table: MainTable) -> list[list[str]]:
-    """One line per (system, metric) paired test shown in the main table."""
-    out = []
-    for row in table.rows:
-        for cell in row.cells:
-            if row.kind == "system" and cell.p_value is not None:
-                out.append([row.system, cell.metric, num(cell.delta, sign=True), f"{cell.p_value:.4f}",
-                            "yes" if cell.significant else "no"])
-    return out
+    """One line per (system, metric) paired test shown in the main table, with Holm's adjustment over them all."""
+    cells = [(row, cell) for row in table.rows if row.kind == "system" for cell in row.cells
+             if cell.p_value is not None]
+    adjusted = holm_texts([(float(c.p_value), c.trials) for _, c in cells])  # type: ignore[arg-type]
+    return [[row.system, cell.metric, num(cell.delta, sign=True), format_p(cell.p_value, cell.trials, prefix=False),
+             text, "yes" if cell.significant else "no", "yes" if adj < ALPHA else "no"]
+            for (row, cell), (adj, text) in zip(cells, adjusted, strict=True)]
 
 
 VERSUS_METRICS = ("coco/BLEU-4", "coco/METEOR", "coco/CIDEr")
@@ -260,13 +295,22 @@ def versus_best(scores: dict[str, Any], metrics: tuple[str, ...] = VERSUS_METRIC
 
 def versus_best_table(run: RunData) -> tuple[list[str], list[list[str]]] | None:
     rows = []
-    for kind, c in versus_best(run.scores):
-        p = c.get("p_value")
+    tests = versus_best(run.scores)
+    with_p = [c for _, c in tests if c.get("p_value") is not None]
+    adjusted = dict(zip(map(id, with_p), holm_texts([(c["p_value"], c.get("trials")) for c in with_p]), strict=True))
+    for kind, c in tests:
+        holm_text = adjusted[id(c)][1] if id(c) in adjusted else "–"
         rows.append([c["a"], f"{c['b']} (best {kind})", c["metric"], num(c.get("value_a")), num(c.get("value_b")),
-                     num(c.get("delta"), sign=True), "–" if p is None else f"{p:.4f}"])
+                     num(c.get("delta"), sign=True), format_p(c.get("p_value"), c.get("trials"), prefix=False),
+                     holm_text])
     if not rows:
         return None
-    return ["Fine-tuned", "Baseline", "Metric", "Fine-tuned value", "Baseline value", "Δ", "p"], rows
+    return ["Fine-tuned", "Baseline", "Metric", "Fine-tuned value", "Baseline value", "Δ", "p", "p (Holm)"], rows
+
+
+def versus_count(run: RunData) -> int:
+    """How many paired tests the fine-tuned-vs-best-baselines table makes."""
+    return sum(c.get("p_value") is not None for _, c in versus_best(run.scores))
 
 
 def sample_spread_table(run: RunData, table: MainTable) -> tuple[list[str], list[list[str]]] | None:
@@ -339,6 +383,9 @@ def main_table_latex(table: MainTable, caption_note: str = "") -> str:
         f"% cells: value [{round(table.ci_level * 100)}% CI] (delta vs reference); "
         f"* = significant ({latex_escape(test_name(table))}).",
     ]
+    lines.append(f"% * is unadjusted over the table's {len(tested_cells(table))} comparisons; report.md gives "
+                 "Holm-adjusted p.")
+    lines += ["% " + latex_escape(note) for note in metric_notes(table)]
     if caption_note:
         lines.append("% " + latex_escape(caption_note))
     lines.append(r"\begin{tabular}{l" + "r" * len(table.metrics) + "}")
