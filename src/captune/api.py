@@ -12,7 +12,7 @@ for (`progress=True`), since a notebook or a script is rarely a terminal.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,8 @@ PathLike = str | os.PathLike[str]
 
 # `finetune` and `write_report`, not `train` / `report`: those names are captune's subpackages, and an
 # import of `captune.train.loop` would replace a function of that name on the package.
-__all__ = ["check_enough_captions", "evaluate", "finetune", "load_config", "run", "synthesize", "write_report"]
+__all__ = ["caption", "check_enough_captions", "evaluate", "finetune", "load_config", "run", "score", "synthesize",
+           "write_report"]
 
 
 def _config(config: RunConfig | PathLike) -> RunConfig:
@@ -60,6 +61,32 @@ def finetune(config: RunConfig | PathLike, *, resume: bool = False, progress: bo
     dataset = load_dataset_from_config(cfg.data)
     check_enough_captions(cfg, dataset)
     return train_loop(cfg, resume=resume, progress=progress, dataset=dataset)
+
+
+def caption(images: PathLike | Sequence[PathLike], *, model: str | None = None, adapter: PathLike | None = None,
+            config: RunConfig | PathLike | None = None, progress: bool = False,
+            **decoding: Any) -> dict[str, list[str]]:
+    """Captions of image files or folders: {path: [captions]}. With `adapter`, the adapter's base model,
+    training prompt and evaluated decoding are the defaults; `config` supplies model and `generate`;
+    `decoding` overrides (prompt, num_beams, max_new_tokens, sample, top_p, num_captions, batch_size,
+    device, dtype), as the flags of `captune caption` do."""
+    from captune.generate.files import caption_images
+
+    items = [images] if isinstance(images, str | os.PathLike) else list(images)
+    result = caption_images(items, model=model, adapter=adapter, config=config, progress=progress, **decoding)
+    return {str(p): c for p, c in zip(result.paths, result.captions, strict=True)}
+
+
+def score(predictions: Mapping[str, PathLike | Mapping[int, str]] | PathLike, references: PathLike, *,
+          split: str = "eval", progress: bool = False, **settings: Any) -> dict[str, Any]:
+    """The scores.json document: BLEU, METEOR, ROUGE, CIDEr, diversity with bootstrap CIs and paired tests.
+    `predictions`: one COCO results file, or {system name: results file or {image_id: caption}};
+    `references`: a dataset path (with `split`), COCO annotations or {image_id: [refs]} JSON. `settings`:
+    metrics, baseline, bootstrap, trials, seed, spice, self_bleu, per_image (as `captune score`)."""
+    from captune.metrics.files import score_predictions
+
+    systems = predictions if isinstance(predictions, Mapping) else {Path(predictions).stem: predictions}
+    return score_predictions(systems, references, split=split, progress=progress, **settings)
 
 
 def evaluate(config: RunConfig | PathLike, *, adapter: PathLike | None = None,

@@ -127,56 +127,16 @@ def score(
 def _score(pred: list[str] | None, refs: str | None, split: str, families: list[str], baseline: str | None,
            bootstrap: int, trials: int, seed: int, spice: bool | None, self_bleu: bool, per_image: bool,
            human_baseline: str | None, progress: bool = False) -> dict[str, Any]:
-    # Only the light modules here: METEOR's JVM (the longest part) starts before the scoring code loads.
-    from captune.metrics import FAMILIES
-    from captune.metrics.io import check_coverage, load_predictions, load_reference_set
-    from captune.metrics.meteor import remember_references, start_meteor
+    from captune.metrics.files import score_predictions
 
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown or not families:
-        raise DataError(f"--metrics: unknown family {unknown[0] if unknown else '(none)'!r}; "
-                        f"choose from {','.join(FAMILIES)}")
     if human_baseline is not None and pred:
         raise DataError("--human-baseline scores the references themselves; do not pass --pred with it")
     if human_baseline is None and not pred:
         raise DataError("give at least one --pred PREDICTIONS.json (or --human-baseline DATA)")
     if human_baseline is None and refs is None:
         raise DataError("--refs is required: a dataset path, COCO annotations JSON or {image_id: [refs]} JSON")
-    found = load_reference_set(human_baseline or refs, split)
-    references, train, described = found.refs, found.train, found.described
-    systems, sources = {}, {}
     taken: set[str] = set()
-    for spec in pred or []:
-        name, path = _system_name(spec, taken)
-        captions = load_predictions(path, found.names, described)
-        check_coverage(path, captions, references)
-        systems[name], sources[name] = captions, str(path)
-    tokens: dict[str, str] = {}
-    meteor, vocab = None, None
-    if "coco" in families:
-        # Started before scoring so the JVM loads while the other metrics are prepared; the captions are
-        # PTB-tokenised in the references' tokenizer call, so METEOR can start on them at once.
-        texts = (c for caps in systems.values() for c in caps.values())
-        meteor, vocab = start_meteor(references, tokens, captions=texts)
-    if human_baseline is not None:
-        from captune.metrics.human import human_report
-
-        report = human_report(references, metrics=families, bootstrap_samples=bootstrap, seed=seed, meteor=meteor,
-                              progress=progress,
-                              token_cache=tokens)
-    else:
-        from captune.metrics.suite import score_systems
-
-        report = score_systems(
-            systems, references, metrics=families, baseline=baseline, bootstrap_samples=bootstrap, seed=seed,
-            paired_trials=trials, spice=spice, train_captions=train, self_bleu=self_bleu, per_image=per_image,
-            meteor=meteor, token_cache=tokens, progress=progress,
-        )
-        report["predictions"] = sources
-    report["references"] = described
-    if meteor is not None:
-        report["settings"]["meteor_paraphrase_table"] = str(meteor.paraphrase or "pycocoevalcap full table")
-        note = remember_references(vocab, len(references), meteor)
-        if note:
-            report["notes"].append(note)
-    return report
+    predictions = dict(_system_name(spec, taken) for spec in pred or [])
+    return score_predictions(predictions, human_baseline or refs, split=split, metrics=families, baseline=baseline,
+                             bootstrap=bootstrap, trials=trials, seed=seed, spice=spice, self_bleu=self_bleu,
+                             per_image=per_image, human_baseline=human_baseline is not None, progress=progress)

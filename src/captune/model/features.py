@@ -8,6 +8,7 @@ the image file (path, size, mtime), so a stale entry is never used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -54,7 +55,9 @@ def query_features(model: torch.nn.Module, image_embeds: torch.Tensor) -> torch.
     blip = unwrap(model)
     embeds = image_embeds.to(blip.query_tokens.dtype)  # fp32: load_blip2 keeps Q-Former + query tokens fp32
     mask = torch.ones(embeds.shape[:-1], dtype=torch.long, device=embeds.device)
-    with torch.autocast(embeds.device.type, enabled=False):
+    kind = embeds.device.type  # `meta` (parameter counting, FLOPs) has no autocast to switch off
+    off = torch.autocast(kind, enabled=False) if torch.amp.is_autocast_available(kind) else contextlib.nullcontext()
+    with off:
         queries = blip.query_tokens.expand(embeds.shape[0], -1, -1)
         out = blip.qformer(query_embeds=queries, encoder_hidden_states=embeds, encoder_attention_mask=mask,
                            return_dict=True).last_hidden_state
