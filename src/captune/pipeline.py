@@ -41,6 +41,9 @@ class _EarlyCaptions:
         self.error: BaseException | None = None
         self.timings: dict[str, float] = {}
         self.scorer = None  # started here, so METEOR and the reference preparation begin during training
+        from captune.model.load import import_model_libraries
+
+        import_model_libraries()  # before the thread: both threads then only read transformers' names
         self.thread = threading.Thread(target=self._run, name="captune-early-captions", daemon=True)
         self.thread.start()
 

@@ -109,6 +109,15 @@ def load_blip2(cfg: ModelConfig, device: str | torch.device | None = None) -> Lo
         return _load_blip2(cfg, device)
 
 
+def import_model_libraries() -> None:
+    """Import transformers' BLIP-2 pieces, peft and accelerate on the calling thread. Call it before
+    starting a thread that loads a model: transformers' lazy module can fail with "cannot import name
+    'AutoProcessor'" when two threads resolve its names at once (seen once in three demo reruns)."""
+    import accelerate  # noqa: F401
+    import peft  # noqa: F401
+    from transformers import AutoProcessor, Blip2Config, Blip2ForConditionalGeneration  # noqa: F401
+
+
 def _load_blip2(cfg: ModelConfig, device: torch.device) -> LoadedModel:
     _quiet_transformers()
     name = cfg.name_or_path
