@@ -214,9 +214,10 @@ def open_for_model(path: str | os.PathLike[str], image_processor):
 
 def encode_readable(paths: Sequence[str | os.PathLike[str]], keys: Sequence[str], store: VisionFeatureStore,
                     encode: Callable[[torch.Tensor], torch.Tensor], image_processor,
-                    batch_size: int = 32) -> dict[int, str]:
+                    batch_size: int = 32, progress: Callable[[int], None] | None = None) -> dict[int, str]:
     """Vision features of every readable image not yet in `store`, decoding each file once (the
-    readability check is the decode). Returns {index: error} for the unreadable ones."""
+    readability check is the decode); `progress(n)` after each batch. Returns {index: error} for the
+    unreadable ones."""
     errors: dict[int, str] = {}
     first = {}
     for i, key in enumerate(keys):
@@ -235,6 +236,8 @@ def encode_readable(paths: Sequence[str | os.PathLike[str]], keys: Sequence[str]
         if images:
             store.misses += len(images)
             store.put([keys[i] for i in done], encode(image_processor(images, return_tensors="pt")["pixel_values"]))
+        if progress is not None:
+            progress(len(todo[start:start + batch_size]))
     return errors
 
 

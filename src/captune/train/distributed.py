@@ -48,7 +48,8 @@ def refuse_unsupported_launch(distributed_type: object = None) -> None:
 
 def fill_store(paths: Sequence[str | os.PathLike[str]], keys: Sequence[str], store: VisionFeatureStore,
                encode: Callable[[torch.Tensor], torch.Tensor], image_processor, batch_size: int,
-               rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None) -> dict[int, str]:
+               rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
+               progress: Callable[[int], None] | None = None) -> dict[int, str]:
     """`encode_readable` shared by `world` processes: each encodes the uncached images of its share.
 
     With a disk store each process writes its share into its own shards; after `barrier` every
@@ -57,14 +58,15 @@ def fill_store(paths: Sequence[str | os.PathLike[str]], keys: Sequence[str], sto
     store cannot be shared, so each process encodes every image. Returns {index: error}.
     """
     if world == 1 or store.directory is None:
-        return encode_readable(paths, keys, store, encode, image_processor, batch_size)
+        return encode_readable(paths, keys, store, encode, image_processor, batch_size, progress)
     # Shares of all images, not of the missing ones: what each process finds missing depends on when
     # it opened the store (another may already have written), and the shares must not depend on that.
     first: dict[str, int] = {}
     for i, key in enumerate(keys):
         first.setdefault(key, i)
     mine = sorted(first.values())[rank::world]  # encode_readable skips those already cached
-    encode_readable([paths[i] for i in mine], [keys[i] for i in mine], store, encode, image_processor, batch_size)
+    encode_readable([paths[i] for i in mine], [keys[i] for i in mine], store, encode, image_processor, batch_size,
+                    progress)
     barrier()
     store.refresh()
     return encode_readable(paths, keys, store, encode, image_processor, batch_size)

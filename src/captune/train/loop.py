@@ -282,7 +282,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
         on_disk = tc.feature_cache == "disk" or (tc.feature_cache == "auto" and estimate > MEMORY_CACHE_LIMIT)
         directory = tc.feature_directory() if on_disk else None
         store = store_for(model, cfg.model.name_or_path, cfg.model.revision, image_processor, directory, cache_dtype)
-    keys, usable, skipped = _prepare_images(records, model, image_processor, store, cfg, accelerator)
+    keys, usable, skipped = _prepare_images(records, model, image_processor, store, cfg, accelerator, progress)
     records = [records[i] for i in usable]
     keys = [keys[i] for i in usable]
     if not records:
@@ -561,7 +561,7 @@ class _nullcontext:
         return False
 
 
-def _prepare_images(records, model, image_processor, store, cfg: RunConfig, accelerator):
+def _prepare_images(records, model, image_processor, store, cfg: RunConfig, accelerator, progress: bool = False):
     """Cache vision features (or just check readability); apply `data.on_bad_image` per image.
 
     With a feature store each file is decoded once: the decode that feeds the vision tower is the
@@ -584,9 +584,11 @@ def _prepare_images(records, model, image_processor, store, cfg: RunConfig, acce
         if missing:
             accelerator.print(f"caching vision features for {missing} images ...")
         dev = accelerator.device
-        errors = fill_store([records[i].path for i in readable], [keys[i] for i in readable], store,
-                            lambda pix: encode_images(model, pix.to(dev)), image_processor, cfg.generate.batch_size,
-                            accelerator.process_index, accelerator.num_processes, accelerator.wait_for_everyone)
+        with Bar("vision features", missing, progress and accelerator.is_main_process) as bar:
+            errors = fill_store([records[i].path for i in readable], [keys[i] for i in readable], store,
+                                lambda pix: encode_images(model, pix.to(dev)), image_processor,
+                                cfg.generate.batch_size, accelerator.process_index, accelerator.num_processes,
+                                accelerator.wait_for_everyone, progress=bar.advance)
         problems.update({readable[k]: msg for k, msg in errors.items()})
         problems.update({i: problems.get(i, "unreadable") for i in readable if keys[i] not in store})
     skipped: list[str] = []
