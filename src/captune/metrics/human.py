@@ -23,8 +23,9 @@ import numpy as np
 
 from captune.errors import DataError
 from captune.metrics.meteor import MeteorProcess
+from captune.metrics.results import CI_NONE, MetricResult, SystemResult, build_report
 from captune.metrics.stats import percentile_ci
-from captune.metrics.suite import CI_NONE, FAMILIES, MetricResult, Scorer, SystemResult, build_report
+from captune.metrics.suite import FAMILIES, Scorer
 from captune.progress import Bar
 
 
@@ -115,12 +116,12 @@ HUMAN_CACHE_VERSION = 1
 def human_cache_path(refs: Mapping[Any, Sequence[str]], metrics: Iterable[str], bootstrap_samples: int, seed: int,
                      cache: Path | None = None) -> Path:
     """Where the human report for exactly these references and settings is kept (keyed by their digest)."""
-    from captune.metrics.nltk_style import cache_dir
+    from captune.cache import cache_root
 
     key = json.dumps({"v": HUMAN_CACHE_VERSION, "metrics": sorted(metrics), "bootstrap_samples": bootstrap_samples,
                       "seed": seed, "refs": sorted((str(i), list(r)) for i, r in refs.items())}, ensure_ascii=False)
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
-    return (cache or cache_dir() / "human") / f"human-{digest}.json"
+    return (cache or cache_root() / "human") / f"human-{digest}.json"
 
 
 def cached_human_report(refs: Mapping[Any, Sequence[str]], *, metrics: Iterable[str] = FAMILIES,
@@ -166,7 +167,7 @@ def precompute_for_split(data_dir: str, split: str, metrics: list[str], bootstra
     paraphrase table reduced to the split's vocabulary first (the grid's JVM then starts in ~4 s instead
     of ~11 and holds a fraction of the memory). Torch-free: runs in a light child process (the demo
     starts one on the other core while it trains)."""
-    from captune.metrics.meteor import start_meteor
+    from captune.metrics.meteor_pipeline import start_meteor
 
     refs = split_references(data_dir, split, data_format)
     tokens: dict[str, str] = {}
