@@ -42,21 +42,8 @@ if TYPE_CHECKING:
     from captune.metrics.suite import Scorer, score_systems
 
 __all__ = [
-    "FAMILIES",
-    "SCHEMA",
-    "MeteorError",
-    "MeteorProcess",
-    "MetricResult",
-    "PairedResult",
-    "Scorer",
-    "Statistic",
-    "SystemResult",
-    "bootstrap_ci",
-    "build_report",
-    "human_baseline",
-    "human_report",
-    "paired_test",
-    "score_systems",
+    "FAMILIES", "SCHEMA", "MeteorError", "MeteorProcess", "MetricResult", "PairedResult", "Scorer", "Statistic",
+    "SystemResult", "bootstrap_ci", "build_report", "human_baseline", "human_report", "paired_test", "score_systems",
 ]
 
 

@@ -43,17 +43,10 @@ def rotations(refs: Mapping[Any, Sequence[str]]) -> list[tuple[dict[Any, list[st
     return out
 
 
-def human_baseline(
-    refs: Mapping[Any, Sequence[str]],
-    *,
-    metrics: Iterable[str] = FAMILIES,
-    bootstrap_samples: int = 1000,
-    seed: int = 0,
-    meteor: MeteorProcess | None = None,
-    name: str = "human",
-    token_cache: dict[str, str] | None = None,
-    progress: bool = False,
-) -> tuple[SystemResult, list[SystemResult], Scorer]:
+def human_baseline(refs: Mapping[Any, Sequence[str]], *, metrics: Iterable[str] = FAMILIES,
+                   bootstrap_samples: int = 1000, seed: int = 0, meteor: MeteorProcess | None = None,
+                   name: str = "human", token_cache: dict[str, str] | None = None, progress: bool = False,
+                   ) -> tuple[SystemResult, list[SystemResult], Scorer]:
     """Rotation-averaged human scores, the per-rotation results, and the last rotation's scorer
     (for its settings and unavailable-metric record)."""
     families = tuple(metrics)

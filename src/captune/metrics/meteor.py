@@ -111,15 +111,9 @@ class MeteorProcess:
     exit) always ends the JVM.
     """
 
-    def __init__(
-        self,
-        java: JavaRuntime | None = None,
-        jvm_flags: Sequence[str] = DEFAULT_JVM_FLAGS,
-        startup_timeout: float = 180.0,
-        segment_timeout: float = 60.0,
-        start: bool = True,
-        paraphrase: Path | None = None,
-    ) -> None:
+    def __init__(self, java: JavaRuntime | None = None, jvm_flags: Sequence[str] = DEFAULT_JVM_FLAGS,
+                 startup_timeout: float = 180.0, segment_timeout: float = 60.0, start: bool = True,
+                 paraphrase: Path | None = None) -> None:
         self.java = java or find_java()
         self.paraphrase = paraphrase  # None: pycocoevalcap's full table
         self.jvm_flags = tuple(jvm_flags)
@@ -337,9 +331,8 @@ def _kill_all() -> None:
         proc.close()
 
 
-def meteor_scores(
-    process: MeteorProcess, pairs: Sequence[tuple[str, Sequence[str]]]
-) -> tuple[float, np.ndarray, np.ndarray]:
+def meteor_scores(process: MeteorProcess, pairs: Sequence[tuple[str, Sequence[str]]]
+                  ) -> tuple[float, np.ndarray, np.ndarray]:
     """Corpus METEOR, per-pair METEOR and the statistics, as pycocoevalcap's Meteor.compute_score."""
     stats = aggregable(process.segment_stats(pairs))
     return float(meteor_from_stats(stats.sum(0))), meteor_from_stats(stats), stats

@@ -19,17 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from captune.metrics import meteor_tables as tables
 from captune.metrics.java import JavaRuntime, find_java
 from captune.metrics.meteor import MeteorError, MeteorProcess
-from captune.metrics.meteor_tables import (
-    REDUCE_MIN_IMAGES,
-    build_paraphrase_table,
-    cached_paraphrase_table,
-    paraphrase_vocabulary,
-    references_fingerprint,
-    remember_table,
-    table_for_references,
-)
 from captune.metrics.tokenize import TokenizerError, fallback_tokenize, ptb_tokenize
 from captune.progress import Bar
 
@@ -56,8 +48,8 @@ def start_meteor(refs: Mapping[Any, Sequence[str]], token_cache: dict[str, str],
     if not runtime.available:  # an unavailable process says why; never a JVM left from an earlier run
         return MeteorProcess(runtime), None
     texts = list(dict.fromkeys(t for ts in refs.values() for t in ts))
-    fingerprint = references_fingerprint(texts)
-    known = table_for_references(fingerprint)
+    fingerprint = tables.references_fingerprint(texts)
+    known = tables.table_for_references(fingerprint)
     if known is not None:  # a reference set seen before: its JVM loads while the tokenizer runs
         MeteorProcess.shared(paraphrase=known)
     try:
@@ -66,23 +58,23 @@ def start_meteor(refs: Mapping[Any, Sequence[str]], token_cache: dict[str, str],
         token_cache.update(zip(todo, ptb_tokenize(todo, runtime), strict=True))
     except TokenizerError:  # the Scorer falls back to another tokenizer: the reduced table may not cover it
         return MeteorProcess.shared(), None
-    vocab = paraphrase_vocabulary(token_cache[t] for t in texts)
-    table = known or cached_paraphrase_table(vocab)
-    if table is None and build and len(refs) >= REDUCE_MIN_IMAGES:
+    vocab = tables.paraphrase_vocabulary(token_cache[t] for t in texts)
+    table = known or tables.cached_paraphrase_table(vocab)
+    if table is None and build and len(refs) >= tables.REDUCE_MIN_IMAGES:
         with contextlib.suppress(MeteorError, OSError):
-            table = build_paraphrase_table(vocab)
+            table = tables.build_paraphrase_table(vocab)
     if table is not None and known is None:
-        remember_table(table, fingerprint)
+        tables.remember_table(table, fingerprint)
     return MeteorProcess.shared(paraphrase=table), vocab
 
 
 def remember_references(vocab: set[str] | None, n_images: int, process: MeteorProcess) -> str | None:
     """After a run on a large reference set without a reduced paraphrase table, build one so later
     runs start the JVM ~3x faster. Returns a note, or None when nothing was done."""
-    if vocab is None or process.paraphrase is not None or n_images < REDUCE_MIN_IMAGES or not process.available:
+    if vocab is None or process.paraphrase is not None or n_images < tables.REDUCE_MIN_IMAGES or not process.available:
         return None
     start = time.perf_counter()
-    table = build_paraphrase_table(vocab)
+    table = tables.build_paraphrase_table(vocab)
     return f"built a reduced METEOR paraphrase table for these references in {time.perf_counter() - start:.0f} s " \
            f"({table}); later runs on them start faster"
 
@@ -90,9 +82,8 @@ def remember_references(vocab: set[str] | None, n_images: int, process: MeteorPr
 class MeteorPipeline:
     """A Scorer's PTB tokens and METEOR statistics, computed in worker threads.
 
-    The Java side answers one request at a time: one worker thread runs the METEOR JVM's jobs in
-    order, another the PTB tokenizer (its own short-lived JVM). `timings`, `unavailable` and `notes`
-    are the Scorer's records, written here too.
+    The Java side answers one request at a time, so each JVM's jobs run in order in one worker thread.
+    `timings`, `unavailable` and `notes` are the Scorer's records, written here too.
     """
 
     def __init__(self, meteor: MeteorProcess | None, java: JavaRuntime, tokens: dict[str, str],
@@ -105,8 +96,9 @@ class MeteorPipeline:
         self.jobs: list[Future[None]] = []  # METEOR jobs, in the order queued
         self._tokenize_jobs: list[Future[None]] = []
         self._queued: set[tuple[Any, str]] = set()  # raw (image id, caption) pairs already queued
-        self._java_jobs: ThreadPoolExecutor | None = None
-        self._ptb_jobs: ThreadPoolExecutor | None = None
+        # Threads start on the first job: METEOR's JVM in one, the PTB tokenizer's own JVM in the other.
+        self._java_jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captune-java")
+        self._ptb_jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captune-ptb")
         # METEOR segments sent / scored, and the bar `wait` shows while it waits for them.
         self._total, self._done = 0, 0
         self._bar: Bar | None = None
@@ -153,11 +145,6 @@ class MeteorPipeline:
         self.tokenize(texts)
 
     # ------------------------------------------------------------------ METEOR
-    def _java(self) -> ThreadPoolExecutor:
-        if self._java_jobs is None:
-            self._java_jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captune-java")
-        return self._java_jobs
-
     def queue(self, raw_pairs: Sequence[tuple[Any, str]], tokenized: Future[None] | None = None) -> None:
         """Queue METEOR for raw (image id, caption) pairs not yet scored or queued; it starts once
         `tokenized` (their PTB tokenisation) is done."""
@@ -166,7 +153,7 @@ class MeteorPipeline:
         todo = [p for p in dict.fromkeys(raw_pairs) if p not in self._queued]
         if todo:
             self._queued.update(todo)
-            self.jobs.append(self._java().submit(self._meteor_job, todo, tokenized))
+            self.jobs.append(self._java_jobs.submit(self._meteor_job, todo, tokenized))
 
     def _meteor_job(self, raw_pairs: list[tuple[Any, str]], tokenized: Future[None] | None = None) -> None:
         if tokenized is not None:
@@ -202,8 +189,6 @@ class MeteorPipeline:
         """Tokenise and queue METEOR for these raw (image id, caption) pairs in the background."""
         if not raw_pairs:
             return
-        if self._ptb_jobs is None:
-            self._ptb_jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captune-ptb")
         tokenized = self._ptb_jobs.submit(self._tokenize_job, [c for _, c in raw_pairs])
         self._tokenize_jobs.append(tokenized)
         self.queue(raw_pairs, tokenized)
@@ -230,9 +215,7 @@ class MeteorPipeline:
 
     def close(self) -> None:
         for jobs in (self._ptb_jobs, self._java_jobs):
-            if jobs is not None:
-                jobs.shutdown(wait=True, cancel_futures=True)
-        self._ptb_jobs = self._java_jobs = None
+            jobs.shutdown(wait=True, cancel_futures=True)
 
 
 def _wait(jobs: list[Future[None]]) -> None:

@@ -1,13 +1,11 @@
 """`Scorer`: every metric family for many systems over one reference set, paying for shared work once.
 
 Created once per reference set (e.g. at the start of an evaluation grid, while captions are still
-being generated), it at once starts the METEOR JVM and, in a background thread, PTB-tokenises the
-references and builds every reference-side structure (BLEU max-counts, CIDEr-D document
-frequencies and vectors, ROUGE n-grams, NLTK tokens, WordNet). `score()` then takes any number
-of systems: their captions are tokenised in one JVM call, identical (image, caption) pairs — common
-when systems agree or collapse — are scored once, all METEOR segments stream through the one JVM
-in a worker thread while Python computes the other metrics, and bootstrap CIs come from one matrix
-product per system. Results are cached, so scoring systems one by one costs the same as together.
+being generated), it builds every reference-side structure in a background thread (PTB tokens,
+BLEU max-counts, CIDEr-D document frequencies, ROUGE n-grams, NLTK tokens, WordNet). `score()` takes
+any number of systems: identical (image, caption) pairs are scored once, METEOR runs in the Java
+pipeline's worker (`meteor_pipeline`) while Python computes the other metrics, and bootstrap CIs come
+from one matrix product per system. Results are cached: scoring systems one by one costs the same.
 """
 
 from __future__ import annotations
@@ -46,7 +44,6 @@ from captune.metrics.stats import (
 CI_BLEU = "percentile bootstrap over images: corpus BLEU recomputed from resampled per-image lengths and clipped counts"
 CI_METEOR = "percentile bootstrap over images: METEOR recomputed from resampled per-image alignment statistics"
 CI_CIDER = "percentile bootstrap of the mean per-image CIDEr-D (document frequencies fixed to the full image set)"
-CI_MEAN = "percentile bootstrap of the mean per-image score"
 CI_NLTK_BLEU = "percentile bootstrap over images: NLTK corpus_bleu recomputed from resampled per-image counts"
 
 
@@ -72,23 +69,11 @@ class Scorer:
     Use as a context manager, or call `close()`, to end the JVM.
     """
 
-    def __init__(
-        self,
-        refs: Mapping[Any, Sequence[str]],
-        *,
-        metrics: Iterable[str] = FAMILIES,
-        bootstrap_samples: int = 1000,
-        seed: int = 0,
-        ci_level: float = 0.95,
-        paired_trials: int = 1000,
-        spice: bool | None = None,
-        train_captions: Iterable[str] | None = None,
-        self_bleu: bool = False,
-        meteor: MeteorProcess | None = None,
-        java: JavaRuntime | None = None,
-        token_cache: dict[str, str] | None = None,
-        progress: bool = False,
-    ) -> None:
+    def __init__(self, refs: Mapping[Any, Sequence[str]], *, metrics: Iterable[str] = FAMILIES,
+                 bootstrap_samples: int = 1000, seed: int = 0, ci_level: float = 0.95, paired_trials: int = 1000,
+                 spice: bool | None = None, train_captions: Iterable[str] | None = None, self_bleu: bool = False,
+                 meteor: MeteorProcess | None = None, java: JavaRuntime | None = None,
+                 token_cache: dict[str, str] | None = None, progress: bool = False) -> None:
         self.families = tuple(dict.fromkeys(m.strip().lower() for m in metrics if m.strip()))
         unknown = [m for m in self.families if m not in FAMILIES]
         if unknown:
@@ -352,11 +337,8 @@ class Scorer:
         """Paired approximate-randomisation test of a vs b on every metric both have statistics for."""
         if self._masks is None:
             self._masks = swap_masks(len(self.image_ids), self.trials, self.seed + 1)
-        return [
-            paired_test(a.statistics[k], b.statistics[k], masks=self._masks)
-            for k in a.statistics
-            if k in b.statistics
-        ]
+        return [paired_test(a.statistics[k], b.statistics[k], masks=self._masks) for k in a.statistics
+                if k in b.statistics]
 
     def close(self) -> None:
         self.pipeline.close()
@@ -381,33 +363,11 @@ class Scorer:
         }
 
 
-
-def score_systems(
-    systems: Mapping[str, Mapping[Any, str]],
-    refs: Mapping[Any, Sequence[str]],
-    *,
-    metrics: Iterable[str] = FAMILIES,
-    baseline: str | None = None,
-    bootstrap_samples: int = 1000,
-    seed: int = 0,
-    paired_trials: int = 1000,
-    spice: bool | None = None,
-    train_captions: Iterable[str] | None = None,
-    self_bleu: bool = False,
-    per_image: bool = True,
-    meteor: MeteorProcess | None = None,
-    token_cache: dict[str, str] | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Score systems against references and return the scores.json document.
-
-    Every system is compared with `baseline` (default: the first system) by a paired test.
-    """
-    with Scorer(
-        refs, metrics=metrics, bootstrap_samples=bootstrap_samples, seed=seed, paired_trials=paired_trials,
-        spice=spice, train_captions=train_captions, self_bleu=self_bleu, meteor=meteor, token_cache=token_cache,
-        progress=progress,
-    ) as scorer:
+def score_systems(systems: Mapping[str, Mapping[Any, str]], refs: Mapping[Any, Sequence[str]], *,
+                  baseline: str | None = None, per_image: bool = True, **options: Any) -> dict[str, Any]:
+    """Score systems against references and return the scores.json document. `options` are the
+    `Scorer`'s. Every system is compared with `baseline` (default: the first system) by a paired test."""
+    with Scorer(refs, **options) as scorer:
         results = scorer.score(systems)
         names = list(results)
         base = baseline if baseline is not None else names[0]
