@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from captune.cache import cache_root
+from captune.io import atomic_write_bytes, atomic_write_text
 from captune.metrics.java import meteor_paraphrase
 from captune.metrics.meteor import MeteorError
 
@@ -40,8 +42,6 @@ def paraphrase_vocabulary(texts: Iterable[str]) -> set[str]:
 
 
 def _table_dir() -> Path:
-    from captune.cache import cache_root
-
     return cache_root() / "meteor"
 
 
@@ -85,8 +85,6 @@ def table_for_references(fingerprint: str) -> Path | None:
 
 def remember_table(table: Path, fingerprint: str) -> None:
     """Record that `table` covers the reference set `fingerprint` (best effort: a cache, not a result)."""
-    from captune.io import atomic_write_text
-
     meta = table.with_suffix(".json")
     with contextlib.suppress(OSError, ValueError):
         info = json.loads(meta.read_text(encoding="utf-8"))
@@ -97,8 +95,6 @@ def remember_table(table: Path, fingerprint: str) -> None:
 
 def build_paraphrase_table(vocab: set[str]) -> Path:
     """Write (atomically) and return the paraphrase table reduced to entries that can match `vocab`."""
-    from captune.io import atomic_write_bytes, atomic_write_text
-
     source = meteor_paraphrase()
     if source is None:
         raise MeteorError("METEOR unavailable: pycocoevalcap's data/paraphrase-en.gz is missing")

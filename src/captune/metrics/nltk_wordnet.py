@@ -1,10 +1,9 @@
 """WordNet 3.0 for `nltk/METEOR`'s synonym stage, found and read offline.
 
-NLTK's METEOR needs WordNet 3.0 and `nltk.download` cannot run offline; no PyPI package ships the
-files. We read a WordNet 3.0 dict folder directly (`WordNetFiles`) — `$CAPTUNE_WORDNET_DIR`, an
-unzipped nltk_data `corpora/wordnet`, or Debian's `wordnet-base` package (`/usr/share/wordnet`) —
-else a zipped nltk_data wordnet through NLTK's reader (`ReaderSynonyms`); with none, nltk/METEOR is
-reported unavailable with the fix.
+`nltk.download` cannot run offline and no PyPI package ships WordNet, so a WordNet 3.0 dict folder
+(`$CAPTUNE_WORDNET_DIR`, an unzipped nltk_data `corpora/wordnet`, or Debian's `wordnet-base` in
+/usr/share/wordnet) is read directly (`WordNetFiles`), else a zipped nltk_data wordnet through NLTK's
+reader (`ReaderSynonyms`); with none, nltk/METEOR is reported unavailable with the fix.
 """
 
 from __future__ import annotations
@@ -16,6 +15,9 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
+
+from captune.cache import cache_root
+from captune.io import atomic_directory
 
 _MARKER = re.compile(r"\([^()]*\)$")
 
@@ -43,8 +45,6 @@ WORDNET_FIX = (
 
 def wordnet_cache() -> Path:
     """Where a WordNet dict folder is copied, with the index NLTK's reader needs."""
-    from captune.cache import cache_root
-
     return cache_root() / "nltk_data" / "corpora" / "wordnet"
 
 
@@ -54,8 +54,6 @@ def _has_files(folder: Path) -> bool:
 
 def _prepare_wordnet_dir(source: Path) -> Path:
     """Copy a WordNet 3.0 dict folder into our cache with the `lexnames` file NLTK's reader needs."""
-    from captune.io import atomic_directory
-
     target = wordnet_cache()
     if (target / "lexnames").is_file() and _has_files(target):
         return target

@@ -63,11 +63,8 @@ class SystemResult:
 
 
 def _num(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
+    """JSON's number: None for a missing or non-finite value."""
+    return None if x is None or not math.isfinite(float(x)) else float(x)
 
 
 _ORDER = [
@@ -83,14 +80,9 @@ def metric_order(name: str) -> tuple[int, str]:
     return (_ORDER.index(name) if name in _ORDER else len(_ORDER), name)
 
 
-def build_report(
-    scorer: Scorer,
-    results: Mapping[str, SystemResult],
-    comparisons: Sequence[tuple[str, str, Sequence[PairedResult]]] = (),
-    *,
-    per_image: bool = True,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+def build_report(scorer: Scorer, results: Mapping[str, SystemResult],
+                 comparisons: Sequence[tuple[str, str, Sequence[PairedResult]]] = (), *, per_image: bool = True,
+                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The scores.json document (see `captune.metrics` for the schema)."""
     report: dict[str, Any] = {
         "schema": SCHEMA,
