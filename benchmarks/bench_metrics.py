@@ -113,7 +113,7 @@ def run_cold(folder: Path, preds: list[Path], families: str, cache: str | None =
 def verify_table(refs: dict[int, list[str]], systems: dict[str, dict[int, str]]) -> None:
     """METEOR per image with the reduced table equals the full table's, on every benchmark system."""
     from captune.metrics import MeteorProcess, Scorer
-    from captune.metrics.meteor import build_paraphrase_table, cached_paraphrase_table, paraphrase_vocabulary
+    from captune.metrics.meteor_tables import build_paraphrase_table, cached_paraphrase_table, paraphrase_vocabulary
     from captune.metrics.tokenize import ptb_tokenize
 
     texts = [t for ts in refs.values() for t in ts]
@@ -187,7 +187,7 @@ def main() -> None:
             times = []
             meteor = None
             if mode == "warm":
-                from captune.metrics.meteor import start_meteor
+                from captune.metrics.meteor_pipeline import start_meteor
 
                 meteor, _ = start_meteor(refs, {})
                 meteor.warm_up()

@@ -27,14 +27,14 @@ def test_cache_root_honours_override_then_xdg_then_home(monkeypatch, tmp_path):
 def test_every_cache_lives_under_the_root(monkeypatch, tmp_path):
     """Demo data and base, METEOR tables, the human baseline and WordNet all move with the variable."""
     from captune.demo.pipeline import default_cache_dir
-    from captune.metrics import human, meteor, nltk_style
+    from captune.metrics import human, meteor_tables, nltk_wordnet
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("CAPTUNE_CACHE_DIR", raising=False)
     root = tmp_path / "xdg" / "captune"
     assert default_cache_dir() == root / "demo"
-    assert meteor._table_dir() == root / "meteor"
-    assert nltk_style.cache_dir() == root
+    assert meteor_tables._table_dir() == root / "meteor"
+    assert nltk_wordnet.wordnet_cache() == root / "nltk_data" / "corpora" / "wordnet"
     assert human.human_cache_path({1: ["a dog"]}, ["rouge"], 10, 0).parent == root / "human"
     assert load_config(None).train.feature_directory() == root / "features"
     assert load_config(None, ["train.feature_cache_dir=/elsewhere"]).train.feature_directory() == Path("/elsewhere")

@@ -4,7 +4,7 @@ machine that has them (and CI runs the parts that differ both ways)."""
 from __future__ import annotations
 
 from captune.metrics.java import find_java
-from captune.metrics.nltk_style import load_wordnet
+from captune.metrics.nltk_wordnet import load_wordnet
 
 
 def test_captune_java_none_hides_java(monkeypatch, tmp_path) -> None:

@@ -253,7 +253,7 @@ def test_without_java_meteor_is_unavailable_and_the_rest_computes() -> None:
 def test_reduced_paraphrase_table_keeps_what_can_match(tmp_path: Path, monkeypatch) -> None:
     import gzip
 
-    from captune.metrics import meteor as meteor_module
+    from captune.metrics import meteor_tables as meteor_module
 
     source = tmp_path / "paraphrase-en.gz"
     source.write_bytes(gzip.compress(b"0.5\nbig dog\nlarge dog\n0.4\nzebra\nokapi\n0.3\nokapi\n3.5-inch\n"))

@@ -13,17 +13,9 @@ from nltk.tokenize import NLTKWordTokenizer
 from nltk.translate.bleu_score import corpus_bleu
 from nltk.translate.meteor_score import meteor_score
 
-from captune.metrics import nltk_style
-from captune.metrics.nltk_style import (
-    NltkMeteor,
-    NltkReferences,
-    ReaderSynonyms,
-    load_wordnet,
-    nltk_bleu,
-    nltk_bleu_vec,
-    nltk_reader_from_files,
-    word_tokenize,
-)
+from captune.metrics import nltk_style, nltk_wordnet
+from captune.metrics.nltk_style import NltkMeteor, NltkReferences, nltk_bleu, nltk_bleu_vec, word_tokenize
+from captune.metrics.nltk_wordnet import ReaderSynonyms, load_wordnet, nltk_reader_from_files
 
 WEIGHTS = [(1.0,), (1 / 2, 1 / 2), (1 / 3, 1 / 3, 1 / 3), (1 / 4, 1 / 4, 1 / 4, 1 / 4)]
 VOCAB = [
@@ -113,12 +105,12 @@ def test_missing_wordnet_is_reported_with_the_fix(monkeypatch, tmp_path: Path) -
     import nltk
 
     monkeypatch.delenv("CAPTUNE_WORDNET_DIR", raising=False)  # this test checks the search, not the hiding
-    monkeypatch.setattr(nltk_style, "_wordnet_dirs", lambda: [tmp_path])
+    monkeypatch.setattr(nltk_wordnet, "_wordnet_dirs", lambda: [tmp_path])
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
-    nltk_style._load_wordnet.cache_clear()
+    nltk_wordnet._load_wordnet.cache_clear()
     try:
-        source, reason = nltk_style.load_wordnet()
+        source, reason = nltk_wordnet.load_wordnet()
     finally:
-        nltk_style._load_wordnet.cache_clear()
+        nltk_wordnet._load_wordnet.cache_clear()
     assert source is None
     assert reason.startswith("nltk/METEOR unavailable:") and "python -m nltk.downloader wordnet" in reason

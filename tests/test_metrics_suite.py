@@ -162,10 +162,10 @@ def test_meteor_starts_before_the_rest_of_preparation(meteor, monkeypatch) -> No
 
     def slow_references(refs):  # the last preparation step: wait (bounded) for METEOR to be queued
         for _ in range(200):
-            if scorer._meteor_jobs:
+            if scorer.pipeline.jobs:
                 break
             threading.Event().wait(0.05)
-        seen["meteor queued during preparation"] = bool(scorer._meteor_jobs)
+        seen["meteor queued during preparation"] = bool(scorer.pipeline.jobs)
         return real(refs)
 
     monkeypatch.setattr(suite, "NltkReferences", slow_references)
@@ -184,7 +184,7 @@ def test_meteor_starts_before_the_rest_of_preparation(meteor, monkeypatch) -> No
 
 
 def test_start_meteor_tokenises_the_captions_with_the_references(meteor) -> None:
-    from captune.metrics.meteor import start_meteor
+    from captune.metrics.meteor_pipeline import start_meteor
 
     if meteor is None:
         pytest.skip("no Java: PTB tokeniser unavailable")
@@ -201,6 +201,8 @@ def test_a_known_reference_set_starts_its_jvm_before_tokenising(meteor, tmp_path
     import gzip
 
     import captune.metrics.meteor as meteor_module
+    import captune.metrics.meteor_pipeline as pipeline
+    import captune.metrics.meteor_tables as tables
 
     if meteor is None:
         pytest.skip("no Java: METEOR unavailable")
@@ -209,10 +211,10 @@ def test_a_known_reference_set_starts_its_jvm_before_tokenising(meteor, tmp_path
     folder.mkdir()
     table = folder / "paraphrase-test.gz"
     table.write_bytes(gzip.compress(b"0.5\nkids\nchildren\n"))
-    vocab = [*sorted(meteor_module.paraphrase_vocabulary(t.lower() for ts in REFS.values() for t in ts)), "zebra"]
+    vocab = [*sorted(tables.paraphrase_vocabulary(t.lower() for ts in REFS.values() for t in ts)), "zebra"]
     (folder / "paraphrase-test.json").write_text(json.dumps(
-        {"source": meteor_module._source_tag(), "entries": 1, "vocabulary": vocab}))
-    real_tokenize = meteor_module.ptb_tokenize
+        {"source": tables._source_tag(), "entries": 1, "vocabulary": vocab}))
+    real_tokenize = pipeline.ptb_tokenize
     started: list[bool] = []
 
     def watching_tokenize(texts, java=None):
@@ -220,14 +222,14 @@ def test_a_known_reference_set_starts_its_jvm_before_tokenising(meteor, tmp_path
         started.append(current is not None and current.paraphrase == table and current.available)
         return real_tokenize(texts, java)
 
-    monkeypatch.setattr(meteor_module, "ptb_tokenize", watching_tokenize)
+    monkeypatch.setattr(pipeline, "ptb_tokenize", watching_tokenize)
     try:
-        first, _ = meteor_module.start_meteor(REFS, {})  # found by vocabulary, then remembered for these texts
+        first, _ = pipeline.start_meteor(REFS, {})  # found by vocabulary, then remembered for these texts
         assert first.paraphrase == table and started == [False]
         MeteorProcess.shared()  # another table in between
-        second, _ = meteor_module.start_meteor(REFS, {})
+        second, _ = pipeline.start_meteor(REFS, {})
         assert second.paraphrase == table and started == [False, True]
-        assert meteor_module.table_for_references(meteor_module.references_fingerprint(
+        assert tables.table_for_references(tables.references_fingerprint(
             t for ts in {**REFS, 1: ["another text"]}.values() for t in ts)) is None
     finally:
         MeteorProcess.shared()  # back to the full table for the other tests
@@ -291,7 +293,7 @@ def test_captune_score_starts_meteor_before_loading_the_scoring_code(tmp_path) -
     pred.write_text(json.dumps([{"image_id": k, "caption": c} for k, c in SYSTEMS["good"].items()]), encoding="utf-8")
     code = """
 import sys
-import captune.metrics.meteor as m
+import captune.metrics.meteor_pipeline as m
 seen = []
 def start_meteor(refs, tokens, captions=()):
     seen.append(sorted(k for k in ("captune.metrics.suite", "nltk", "scipy") if k in sys.modules))

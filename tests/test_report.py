@@ -99,7 +99,7 @@ def _hidden(**values: str) -> Iterator[None]:
 
 def _meteor_column() -> str:
     """Java is hidden while scoring, so METEOR is NLTK's where WordNet is found and COCO's (empty) where not."""
-    from captune.metrics.nltk_style import load_wordnet
+    from captune.metrics.nltk_wordnet import load_wordnet
 
     return "nltk/METEOR" if load_wordnet()[0] is not None else "coco/METEOR"
 

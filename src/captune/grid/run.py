@@ -165,7 +165,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                 train_caps = None
         meteor, tokens = None, {}
         if "coco" in cfg.eval.metrics:  # the shared JVM, with the reduced paraphrase table when one is cached
-            from captune.metrics.meteor import start_meteor
+            from captune.metrics.meteor_pipeline import start_meteor
 
             meteor, _ = start_meteor(refs, tokens)
         # Created now so that the JVM and reference preparation overlap with caption generation.

@@ -23,13 +23,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# Imported on first use (PEP 562): `captune score` starts METEOR's JVM from `captune.metrics.meteor`
+# Imported on first use (PEP 562): `captune score` starts METEOR's JVM from `captune.metrics.meteor_pipeline`
 # before the rest loads (rouge-score pulls in NLTK and SciPy, ~1.5 s).
 FAMILIES = ("coco", "rouge", "nltk", "diversity")  # the metric families, in report order
 
 _EXPORTS = {
-    "SCHEMA": "suite", "MetricResult": "suite", "Scorer": "suite", "SystemResult": "suite",
-    "build_report": "suite", "score_systems": "suite", "MeteorError": "meteor", "MeteorProcess": "meteor",
+    "SCHEMA": "results", "MetricResult": "results", "Scorer": "suite", "SystemResult": "results",
+    "build_report": "results", "score_systems": "suite", "MeteorError": "meteor", "MeteorProcess": "meteor",
     "PairedResult": "stats", "Statistic": "stats", "bootstrap_ci": "stats", "paired_test": "stats",
     "human_baseline": "human", "human_report": "human",
 }
@@ -37,32 +37,13 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from captune.metrics.human import human_baseline, human_report
     from captune.metrics.meteor import MeteorError, MeteorProcess
+    from captune.metrics.results import SCHEMA, MetricResult, SystemResult, build_report
     from captune.metrics.stats import PairedResult, Statistic, bootstrap_ci, paired_test
-    from captune.metrics.suite import (
-        SCHEMA,
-        MetricResult,
-        Scorer,
-        SystemResult,
-        build_report,
-        score_systems,
-    )
+    from captune.metrics.suite import Scorer, score_systems
 
 __all__ = [
-    "FAMILIES",
-    "SCHEMA",
-    "MeteorError",
-    "MeteorProcess",
-    "MetricResult",
-    "PairedResult",
-    "Scorer",
-    "Statistic",
-    "SystemResult",
-    "bootstrap_ci",
-    "build_report",
-    "human_baseline",
-    "human_report",
-    "paired_test",
-    "score_systems",
+    "FAMILIES", "SCHEMA", "MeteorError", "MeteorProcess", "MetricResult", "PairedResult", "Scorer", "Statistic",
+    "SystemResult", "bootstrap_ci", "build_report", "human_baseline", "human_report", "paired_test", "score_systems",
 ]
 
 

@@ -134,11 +134,6 @@ class CocoReferences:
             out[5 + len(gram)] += min(maxcounts.get(gram, 0), count)
         return out
 
-    @staticmethod
-    def bleu_image(stats: np.ndarray, n: int = 4) -> np.ndarray:
-        """pycocoevalcap's per-image BLEU-1..n (its `bleu_list`), stats (m, 10) -> (m, n)."""
-        return bleu_from_stats(stats, n)
-
     # ----------------------------------------------------------------- CIDEr-D
     def _vec(self, counts: Counter[tuple[str, ...]]) -> tuple[list[dict[tuple[str, ...], float]], list[float], int]:
         """tf-idf vectors per n, their norms and the length, exactly as pycocoevalcap's counts2vec

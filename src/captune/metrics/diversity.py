@@ -160,14 +160,8 @@ class DiversityResult:
     top_captions: list[tuple[str, int]] = field(default_factory=list)
 
 
-def diversity(
-    captions: Sequence[str],
-    train_captions: Iterable[str] | None = None,
-    *,
-    window: int = 1000,
-    with_self_bleu: bool = False,
-    top_k: int = 10,
-) -> DiversityResult:
+def diversity(captions: Sequence[str], train_captions: Iterable[str] | None = None, *, window: int = 1000,
+              with_self_bleu: bool = False, top_k: int = 10) -> DiversityResult:
     """All diversity measures for one caption per image, in image order."""
     toks = [tokens(c) for c in captions]
     flat = [t for ts in toks for t in ts]

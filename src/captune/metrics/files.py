@@ -37,7 +37,7 @@ def score_predictions(
     """The scores.json document for systems (name -> results file, or name -> {image_id: caption}); with
     `human_baseline`, the references scored against each other instead (no predictions)."""
     from captune.metrics.io import check_coverage, load_predictions, load_reference_set
-    from captune.metrics.meteor import remember_references, start_meteor
+    from captune.metrics.meteor_pipeline import remember_references, start_meteor
 
     families = list(metrics)
     unknown = [f for f in families if f not in FAMILIES]

@@ -21,10 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from captune.cache import cache_root
 from captune.errors import DataError
+from captune.io import atomic_write_json
 from captune.metrics.meteor import MeteorProcess
+from captune.metrics.meteor_pipeline import start_meteor
+from captune.metrics.results import CI_NONE, MetricResult, SystemResult, build_report
 from captune.metrics.stats import percentile_ci
-from captune.metrics.suite import CI_NONE, FAMILIES, MetricResult, Scorer, SystemResult, build_report
+from captune.metrics.suite import FAMILIES, Scorer, _normalise_refs
 from captune.progress import Bar
 
 
@@ -42,17 +46,10 @@ def rotations(refs: Mapping[Any, Sequence[str]]) -> list[tuple[dict[Any, list[st
     return out
 
 
-def human_baseline(
-    refs: Mapping[Any, Sequence[str]],
-    *,
-    metrics: Iterable[str] = FAMILIES,
-    bootstrap_samples: int = 1000,
-    seed: int = 0,
-    meteor: MeteorProcess | None = None,
-    name: str = "human",
-    token_cache: dict[str, str] | None = None,
-    progress: bool = False,
-) -> tuple[SystemResult, list[SystemResult], Scorer]:
+def human_baseline(refs: Mapping[Any, Sequence[str]], *, metrics: Iterable[str] = FAMILIES,
+                   bootstrap_samples: int = 1000, seed: int = 0, meteor: MeteorProcess | None = None,
+                   name: str = "human", token_cache: dict[str, str] | None = None, progress: bool = False,
+                   ) -> tuple[SystemResult, list[SystemResult], Scorer]:
     """Rotation-averaged human scores, the per-rotation results, and the last rotation's scorer
     (for its settings and unavailable-metric record)."""
     families = tuple(metrics)
@@ -115,12 +112,10 @@ HUMAN_CACHE_VERSION = 1
 def human_cache_path(refs: Mapping[Any, Sequence[str]], metrics: Iterable[str], bootstrap_samples: int, seed: int,
                      cache: Path | None = None) -> Path:
     """Where the human report for exactly these references and settings is kept (keyed by their digest)."""
-    from captune.metrics.nltk_style import cache_dir
-
     key = json.dumps({"v": HUMAN_CACHE_VERSION, "metrics": sorted(metrics), "bootstrap_samples": bootstrap_samples,
                       "seed": seed, "refs": sorted((str(i), list(r)) for i, r in refs.items())}, ensure_ascii=False)
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
-    return (cache or cache_dir() / "human") / f"human-{digest}.json"
+    return (cache or cache_root() / "human") / f"human-{digest}.json"
 
 
 def cached_human_report(refs: Mapping[Any, Sequence[str]], *, metrics: Iterable[str] = FAMILIES,
@@ -128,8 +123,6 @@ def cached_human_report(refs: Mapping[Any, Sequence[str]], *, metrics: Iterable[
                         **kwargs: Any) -> dict[str, Any]:
     """`human_report`, computed once per reference set and settings: the references of an evaluation
     split do not change between runs, and five rotations cost more than scoring eight systems."""
-    from captune.io import atomic_write_json
-
     families = tuple(metrics)
     path = human_cache_path(refs, families, bootstrap_samples, seed, cache)
     try:
@@ -154,7 +147,6 @@ def human_families(metrics: Iterable[str], coco_meteor: bool) -> list[str]:
 def split_references(data_dir: str, split: str, data_format: str = "auto") -> dict[Any, list[str]]:
     """A dataset split's references as a grid's Scorer holds them (what the human cache is keyed by)."""
     from captune.data import load_dataset
-    from captune.metrics.suite import _normalise_refs
 
     records = load_dataset(data_dir, format=data_format).select(split)
     return _normalise_refs({r.image_id: list(r.refs) for r in records})
@@ -166,8 +158,6 @@ def precompute_for_split(data_dir: str, split: str, metrics: list[str], bootstra
     paraphrase table reduced to the split's vocabulary first (the grid's JVM then starts in ~4 s instead
     of ~11 and holds a fraction of the memory). Torch-free: runs in a light child process (the demo
     starts one on the other core while it trains)."""
-    from captune.metrics.meteor import start_meteor
-
     refs = split_references(data_dir, split, data_format)
     tokens: dict[str, str] = {}
     meteor, _ = start_meteor(refs, tokens, build=True)

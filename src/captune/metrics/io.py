@@ -237,15 +237,9 @@ class ReferenceSet:
     names: dict[int, str] | None = None
 
 
-def load_references(spec: str | Path, split: str = "eval") -> tuple[dict[int, list[str]], list[str] | None, str]:
-    """References from a dataset (via `captune.data`), a COCO captions annotations JSON, or a plain
-    `{image_id: [captions]}` JSON. Returns (refs, training captions if known, a description)."""
-    found = load_reference_set(spec, split)
-    return found.refs, found.train, found.described
-
-
 def load_reference_set(spec: str | Path, split: str = "eval") -> ReferenceSet:
-    """`load_references` plus each image's file name (dataset or COCO annotations), for name-keyed predictions."""
+    """References from a dataset (via `captune.data`), a COCO captions annotations JSON, or a plain
+    `{image_id: [captions]}` JSON, with training captions and image file names where the source has them."""
     p = Path(spec).expanduser()
     if p.suffix.lower() == ".json" and p.is_file():
         data = _read_json(p, "references")

@@ -10,7 +10,7 @@ Working from statistics is what makes bootstrap resampling cheap: a corpus score
 applied to summed statistics, exactly as `EVAL` aggregates them (see `aggregable`).
 
 Robustness: argument lists only (no shell), cwd in a temp dir, the paraphrase table passed by
-absolute path (or a cached reduced copy, see `build_paraphrase_table`), every segment made one line
+absolute path (or a cached reduced copy, see `captune.metrics.meteor_tables`), every segment made one line
 without `|||`, a reader thread with deadlines so a stuck or dead JVM becomes a `MeteorError`
 instead of a hang, and the JVM is killed on close, on interpreter exit, and on any error.
 """
@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import gzip
-import hashlib
-import json
 import os
 import queue
 import re
@@ -30,14 +27,13 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from captune.metrics.java import JavaRuntime, find_java, meteor_jar, meteor_paraphrase
-from captune.metrics.tokenize import TokenizerError, one_line, ptb_tokenize
+from captune.metrics.tokenize import one_line
 
 ALPHA, BETA, GAMMA, DELTA = 0.85, 0.2, 0.6, 0.75
 MODULE_WEIGHTS = (1.0, 0.6, 0.8, 0.6)
@@ -108,117 +104,6 @@ def aggregable(stats: np.ndarray) -> np.ndarray:
     return s
 
 
-# ----------------------------------------------------------------------------- paraphrase table
-# Loading METEOR's 5.3M-entry paraphrase table is ~90% of the JVM's start-up. A paraphrase match
-# pairs a hypothesis phrase with a reference phrase, so an entry can only ever match if one of its
-# two phrases consists of words that occur in the references. Keeping just those entries changes
-# no alignment (checked on Flickr8K: identical statistics) and cuts start-up ~3x. The reduced table
-# depends only on the reference vocabulary, so it is built once per reference set and cached.
-
-_SPLITS = (re.compile(r"[^a-z0-9]+"), re.compile(r"[^a-z0-9.,]+"))
-_PUNCT = re.compile(r"[^a-z0-9]")
-REDUCE_MIN_IMAGES = 1000  # below this, building (~15 s once) costs more than it saves
-
-
-def paraphrase_vocabulary(texts: Iterable[str]) -> set[str]:
-    """Every token METEOR's normaliser could make of these (tokenised) references: each token, its
-    pieces split at punctuation (keeping or splitting decimal points), and the punctuation itself."""
-    vocab: set[str] = set()
-    for text in texts:
-        for w in text.lower().split():
-            vocab.add(w)
-            for rx in _SPLITS:
-                vocab.update(x for x in rx.split(w) if x)
-            vocab.update(_PUNCT.findall(w))
-    return vocab
-
-
-def _table_dir() -> Path:
-    from captune.metrics.nltk_style import cache_dir
-
-    return cache_dir() / "meteor"
-
-
-def _source_tag() -> str:
-    src = meteor_paraphrase()
-    st = src.stat() if src else None
-    return f"{src}:{st.st_size if st else 0}"
-
-
-def _cached_tables() -> Iterator[tuple[Path, dict[str, Any]]]:
-    """The cached reduced tables made from this paraphrase source, with their metadata."""
-    folder = _table_dir()
-    if not folder.is_dir():
-        return
-    tag = _source_tag()
-    for meta in sorted(folder.glob("paraphrase-*.json")):
-        try:
-            info = json.loads(meta.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        table = meta.with_suffix(".gz")
-        if info.get("source") == tag and table.is_file():
-            yield table, info
-
-
-def cached_paraphrase_table(vocab: set[str]) -> Path | None:
-    """A reduced table built for a vocabulary that covers `vocab`, if one is cached."""
-    return next((table for table, info in _cached_tables() if vocab <= set(info.get("vocabulary", []))), None)
-
-
-def references_fingerprint(texts: Iterable[str]) -> str:
-    """Names a reference set by its raw texts: the same texts give the same PTB tokens, so a table found
-    for them once (by vocabulary) can be found again before tokenising."""
-    return hashlib.sha1("\n".join(sorted(set(texts))).encode("utf-8")).hexdigest()
-
-
-def table_for_references(fingerprint: str) -> Path | None:
-    """The reduced table recorded for this reference set (`remember_table`), if still valid."""
-    return next((table for table, info in _cached_tables() if fingerprint in info.get("references", [])), None)
-
-
-def remember_table(table: Path, fingerprint: str) -> None:
-    """Record that `table` covers the reference set `fingerprint` (best effort: a cache, not a result)."""
-    from captune.io import atomic_write_text
-
-    meta = table.with_suffix(".json")
-    with contextlib.suppress(OSError, ValueError):
-        info = json.loads(meta.read_text(encoding="utf-8"))
-        if fingerprint not in info.get("references", []):
-            info["references"] = [*info.get("references", []), fingerprint][-32:]
-            atomic_write_text(meta, json.dumps(info))
-
-
-def build_paraphrase_table(vocab: set[str]) -> Path:
-    """Write (atomically) and return the paraphrase table reduced to entries that can match `vocab`."""
-    from captune.io import atomic_write_bytes, atomic_write_text
-
-    source = meteor_paraphrase()
-    if source is None:
-        raise MeteorError("METEOR unavailable: pycocoevalcap's data/paraphrase-en.gz is missing")
-    words = {w.encode("utf-8") for w in vocab}
-
-    def inside(line: bytes) -> bool:
-        return all(w in words for w in line.split())
-
-    keep: list[bytes] = []
-    # Streamed, triple by triple (probability, phrase, phrase): the decompressed table is ~10x the
-    # archive, and holding it as a list of lines took 1.4 GB.
-    with gzip.open(source, "rb") as fh:
-        for probability in fh:
-            first, second = next(fh, b""), next(fh, b"")
-            if not second:
-                break
-            if inside(first) or inside(second):
-                keep.append(probability + first + second)
-    digest = hashlib.sha1("\n".join(sorted(vocab)).encode("utf-8")).hexdigest()[:16]
-    table = _table_dir() / f"paraphrase-{digest}.gz"
-    atomic_write_bytes(table, gzip.compress(b"".join(keep), compresslevel=1))
-    info = {"source": _source_tag(), "entries": len(keep), "vocabulary": sorted(vocab)}
-    atomic_write_text(table.with_suffix(".json"), json.dumps(info))
-    return table
-
-
 class MeteorProcess:
     """One METEOR 1.5 JVM in `-stdio` mode. Start it early; it loads while other work runs.
 
@@ -226,15 +111,9 @@ class MeteorProcess:
     exit) always ends the JVM.
     """
 
-    def __init__(
-        self,
-        java: JavaRuntime | None = None,
-        jvm_flags: Sequence[str] = DEFAULT_JVM_FLAGS,
-        startup_timeout: float = 180.0,
-        segment_timeout: float = 60.0,
-        start: bool = True,
-        paraphrase: Path | None = None,
-    ) -> None:
+    def __init__(self, java: JavaRuntime | None = None, jvm_flags: Sequence[str] = DEFAULT_JVM_FLAGS,
+                 startup_timeout: float = 180.0, segment_timeout: float = 60.0, start: bool = True,
+                 paraphrase: Path | None = None) -> None:
         self.java = java or find_java()
         self.paraphrase = paraphrase  # None: pycocoevalcap's full table
         self.jvm_flags = tuple(jvm_flags)
@@ -452,52 +331,8 @@ def _kill_all() -> None:
         proc.close()
 
 
-def meteor_scores(
-    process: MeteorProcess, pairs: Sequence[tuple[str, Sequence[str]]]
-) -> tuple[float, np.ndarray, np.ndarray]:
+def meteor_scores(process: MeteorProcess, pairs: Sequence[tuple[str, Sequence[str]]]
+                  ) -> tuple[float, np.ndarray, np.ndarray]:
     """Corpus METEOR, per-pair METEOR and the statistics, as pycocoevalcap's Meteor.compute_score."""
     stats = aggregable(process.segment_stats(pairs))
     return float(meteor_from_stats(stats.sum(0))), meteor_from_stats(stats), stats
-
-
-def start_meteor(refs: Mapping[Any, Sequence[str]], token_cache: dict[str, str],
-                 java: JavaRuntime | None = None, build: bool = False,
-                 captions: Iterable[str] = ()) -> tuple[MeteorProcess, set[str] | None]:
-    """Start (or reuse) the shared METEOR JVM for these references, with the cached reduced
-    paraphrase table when one covers their vocabulary (`build`: make one first if none does, for a
-    reference set of >= REDUCE_MIN_IMAGES images). PTB-tokenises the references, and `captions` about
-    to be scored (one tokenizer JVM for both), into `token_cache` (pass it on to the Scorer). Returns
-    the process and the vocabulary (None without Java)."""
-    runtime = java or find_java()
-    if not runtime.available:  # an unavailable process says why; never a JVM left from an earlier run
-        return MeteorProcess(runtime), None
-    texts = list(dict.fromkeys(t for ts in refs.values() for t in ts))
-    fingerprint = references_fingerprint(texts)
-    known = table_for_references(fingerprint)
-    if known is not None:  # a reference set seen before: its JVM loads while the tokenizer runs
-        MeteorProcess.shared(paraphrase=known)
-    try:
-        todo = [t for t in dict.fromkeys([*texts, *(c for c in captions if isinstance(c, str))])
-                if t not in token_cache]
-        token_cache.update(zip(todo, ptb_tokenize(todo, runtime), strict=True))
-    except TokenizerError:  # the Scorer falls back to another tokenizer: the reduced table may not cover it
-        return MeteorProcess.shared(), None
-    vocab = paraphrase_vocabulary(token_cache[t] for t in texts)
-    table = known or cached_paraphrase_table(vocab)
-    if table is None and build and len(refs) >= REDUCE_MIN_IMAGES:
-        with contextlib.suppress(MeteorError, OSError):
-            table = build_paraphrase_table(vocab)
-    if table is not None and known is None:
-        remember_table(table, fingerprint)
-    return MeteorProcess.shared(paraphrase=table), vocab
-
-
-def remember_references(vocab: set[str] | None, n_images: int, process: MeteorProcess) -> str | None:
-    """After a run on a large reference set without a reduced paraphrase table, build one so later
-    runs start the JVM ~3x faster. Returns a note, or None when nothing was done."""
-    if vocab is None or process.paraphrase is not None or n_images < REDUCE_MIN_IMAGES or not process.available:
-        return None
-    start = time.perf_counter()
-    table = build_paraphrase_table(vocab)
-    return f"built a reduced METEOR paraphrase table for these references in {time.perf_counter() - start:.0f} s " \
-           f"({table}); later runs on them start faster"

@@ -1,24 +1,17 @@
 """`Scorer`: every metric family for many systems over one reference set, paying for shared work once.
 
 Created once per reference set (e.g. at the start of an evaluation grid, while captions are still
-being generated), it at once starts the METEOR JVM and, in a background thread, PTB-tokenises the
-references and builds every reference-side structure (BLEU max-counts, CIDEr-D document
-frequencies and vectors, ROUGE n-grams, NLTK tokens, WordNet). `score()` then takes any number
-of systems: their captions are tokenised in one JVM call, identical (image, caption) pairs — common
-when systems agree or collapse — are scored once, all METEOR segments stream through the one JVM
-in a worker thread while Python computes the other metrics, and bootstrap CIs come from one matrix
-product per system. Results are cached, so scoring systems one by one costs the same as together.
+being generated), it builds every reference-side structure in a background thread (PTB tokens,
+BLEU max-counts, CIDEr-D document frequencies, ROUGE n-grams, NLTK tokens, WordNet). `score()` takes
+any number of systems: identical (image, caption) pairs are scored once, METEOR runs in the Java
+pipeline's worker (`meteor_pipeline`) while Python computes the other metrics, and bootstrap CIs come
+from one matrix product per system. Results are cached: scoring systems one by one costs the same.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import math
 import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,17 +21,14 @@ from captune.metrics import FAMILIES
 from captune.metrics import diversity as div
 from captune.metrics.coco import BLEU_STATS, CocoReferences, bleu_from_stats
 from captune.metrics.java import JavaRuntime, find_java
-from captune.metrics.meteor import (
-    N_STATS,
-    MeteorError,
-    MeteorProcess,
-    aggregable,
-    meteor_from_stats,
-)
+from captune.metrics.meteor import N_STATS, MeteorProcess, aggregable, meteor_from_stats
+from captune.metrics.meteor_pipeline import MeteorPipeline, timed
 from captune.metrics.nltk_style import BLEU_STATS as NLTK_BLEU_STATS
-from captune.metrics.nltk_style import NltkMeteor, NltkReferences, load_wordnet, nltk_bleu, nltk_bleu_vec
+from captune.metrics.nltk_style import NltkMeteor, NltkReferences, nltk_bleu, nltk_bleu_vec
 from captune.metrics.nltk_style import tokenizer_note as nltk_tokenizer_note
 from captune.metrics.nltk_style import word_tokenize as nltk_word_tokenize
+from captune.metrics.nltk_wordnet import load_wordnet
+from captune.metrics.results import MetricResult, SystemResult, build_report, metric_order
 from captune.metrics.rouge import RougeReferences
 from captune.metrics.spice import compute_spice, spice_status
 from captune.metrics.stats import (
@@ -50,74 +40,11 @@ from captune.metrics.stats import (
     percentile_ci,
     swap_masks,
 )
-from captune.metrics.tokenize import TokenizerError, fallback_tokenize, ptb_tokenize
-from captune.progress import Bar
-
-
-class _Timer:
-    """Accumulates wall seconds per phase (reported under "timings" in scores.json)."""
-
-    def __init__(self, store: dict[str, float], key: str) -> None:
-        self.store, self.key = store, key
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.store[self.key] = self.store.get(self.key, 0.0) + time.perf_counter() - self.start
-SCHEMA = "captune.scores/1"
 
 CI_BLEU = "percentile bootstrap over images: corpus BLEU recomputed from resampled per-image lengths and clipped counts"
 CI_METEOR = "percentile bootstrap over images: METEOR recomputed from resampled per-image alignment statistics"
 CI_CIDER = "percentile bootstrap of the mean per-image CIDEr-D (document frequencies fixed to the full image set)"
-CI_MEAN = "percentile bootstrap of the mean per-image score"
 CI_NLTK_BLEU = "percentile bootstrap over images: NLTK corpus_bleu recomputed from resampled per-image counts"
-CI_NONE = "none: set-based statistic, biased by resampling images with replacement"
-
-
-@dataclass
-class MetricResult:
-    name: str
-    value: float | None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    ci_method: str = CI_NONE
-    per_image: np.ndarray | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"value": _num(self.value), "ci_low": _num(self.ci_low), "ci_high": _num(self.ci_high),
-                "ci_method": self.ci_method}
-
-
-@dataclass
-class SystemResult:
-    """One system's scores: values with CIs, per-image arrays, and what paired tests need."""
-
-    name: str
-    image_ids: list[Any]
-    metrics: dict[str, MetricResult]
-    statistics: dict[str, Statistic] = field(default_factory=dict)
-    replicates: dict[str, np.ndarray] = field(default_factory=dict)
-    top_captions: list[tuple[str, int]] = field(default_factory=list)
-
-    def values(self) -> dict[str, float | None]:
-        return {k: m.value for k, m in self.metrics.items()}
-
-    def to_json(self, per_image: bool = True) -> dict[str, Any]:
-        out: dict[str, Any] = {"metrics": {k: m.to_json() for k, m in self.metrics.items()}}
-        if per_image:
-            out["per_image"] = {
-                k: [_num(x) for x in m.per_image.tolist()] for k, m in self.metrics.items() if m.per_image is not None
-            }
-        out["top_captions"] = [[c, n] for c, n in self.top_captions]
-        return out
-
-
-def _num(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _normalise_refs(refs: Mapping[Any, Sequence[str]]) -> dict[Any, list[str]]:
@@ -142,23 +69,11 @@ class Scorer:
     Use as a context manager, or call `close()`, to end the JVM.
     """
 
-    def __init__(
-        self,
-        refs: Mapping[Any, Sequence[str]],
-        *,
-        metrics: Iterable[str] = FAMILIES,
-        bootstrap_samples: int = 1000,
-        seed: int = 0,
-        ci_level: float = 0.95,
-        paired_trials: int = 1000,
-        spice: bool | None = None,
-        train_captions: Iterable[str] | None = None,
-        self_bleu: bool = False,
-        meteor: MeteorProcess | None = None,
-        java: JavaRuntime | None = None,
-        token_cache: dict[str, str] | None = None,
-        progress: bool = False,
-    ) -> None:
+    def __init__(self, refs: Mapping[Any, Sequence[str]], *, metrics: Iterable[str] = FAMILIES,
+                 bootstrap_samples: int = 1000, seed: int = 0, ci_level: float = 0.95, paired_trials: int = 1000,
+                 spice: bool | None = None, train_captions: Iterable[str] | None = None, self_bleu: bool = False,
+                 meteor: MeteorProcess | None = None, java: JavaRuntime | None = None,
+                 token_cache: dict[str, str] | None = None, progress: bool = False) -> None:
         self.families = tuple(dict.fromkeys(m.strip().lower() for m in metrics if m.strip()))
         unknown = [m for m in self.families if m not in FAMILIES]
         if unknown:
@@ -174,8 +89,6 @@ class Scorer:
         self.unavailable: dict[str, str] = {}
         self.notes: list[str] = []
         self.timings: dict[str, float] = {}
-        self.tokenizer_name = ""
-        self._tok: dict[str, str] = token_cache if token_cache is not None else {}
         self._own_meteor = False
         self.meteor: MeteorProcess | None = None
         self.spice = False
@@ -192,25 +105,17 @@ class Scorer:
                 self.spice = reason is None
         # Caches keyed by (image id, tokenised or raw caption): identical pairs are scored once.
         self._coco: dict[tuple[Any, str], tuple[np.ndarray, float, float]] = {}
-        self._meteor_stats: dict[tuple[Any, str], np.ndarray] = {}
         self._rouge: dict[tuple[Any, str], tuple[float, float, float]] = {}
         self._nltk: dict[tuple[Any, str], tuple[np.ndarray, float | None]] = {}
         self._nltk_tokens: dict[str, list[str]] = {}
         self._weights: np.ndarray | None = None
         self._masks: np.ndarray | None = None
-        # The Java side (PTB tokeniser, METEOR JVM) answers one request at a time: one worker thread
-        # runs it in order, while the caller generates captions or computes the Python metrics.
-        self._java_jobs: ThreadPoolExecutor | None = None
-        self._ptb_jobs: ThreadPoolExecutor | None = None  # PTB runs in its own short-lived JVM, beside METEOR's
-        self._tokenize_jobs: list[Future[None]] = []
-        self._meteor_jobs: list[Future[None]] = []
-        self._meteor_queued: set[tuple[Any, str]] = set()  # raw (image id, caption) pairs already queued
-        # METEOR segments sent / scored, and the bar `score()` shows while it waits for them.
-        self.progress, self._meteor_total, self._meteor_done = progress, 0, 0
-        self._meteor_bar: Bar | None = None
+        # PTB tokens and METEOR: the Java side, run in worker threads beside the Python metrics.
+        self.pipeline = MeteorPipeline(self.meteor, self.java, token_cache if token_cache is not None else {},
+                                       self.timings, self.unavailable, self.notes)
+        self._tok = self.pipeline.tokens
+        self.progress = progress  # show the METEOR bar while score() waits for its segments
         self._prep_error: BaseException | None = None
-        # Set once the references' PTB tokens exist: METEOR needs only those, not the rest of preparation.
-        self._ref_tokens_ready = threading.Event()
         self._prep = threading.Thread(target=self._prepare_safely, name="captune-scorer-prep", daemon=True)
         self._prep.start()
 
@@ -221,42 +126,25 @@ class Scorer:
         except BaseException as exc:  # re-raised in the caller's thread by _ready()
             self._prep_error = exc
         finally:
-            self._ref_tokens_ready.set()
-
-    def _tokenize(self, texts: Sequence[str]) -> None:
-        """PTB-tokenise the texts not yet in the cache (one JVM call)."""
-        todo = list(dict.fromkeys(t for t in texts if t not in self._tok))
-        if not todo:
-            return
-        if not self.tokenizer_name.startswith("NLTK"):
-            try:
-                self._tok.update(zip(todo, ptb_tokenize(todo, self.java), strict=True))
-                self.tokenizer_name = "Stanford PTBTokenizer 3.4.1 (pycocoevalcap)"
-                return
-            except TokenizerError as exc:
-                self.tokenizer_name = f"NLTK Treebank fallback ({exc}); may differ slightly from COCO's"
-                self.notes.append(f"coco tokenisation: {self.tokenizer_name}")
-        self._tok.update(zip(todo, fallback_tokenize(todo), strict=True))
+            self.pipeline.release(self._prep_error)
 
     def _prepare(self) -> None:
         t = self.timings
         if "coco" in self.families:
-            with _Timer(t, "prep: PTB-tokenise references"):
-                self._tokenize([t for texts in self.refs.values() for t in texts])
-            self.coco_ref_tokens = {i: [self._tok[t] for t in texts] for i, texts in self.refs.items()}
-            self._ref_tokens_ready.set()
-            with _Timer(t, "prep: coco references"):
+            self.pipeline.tokenize_references(self.refs)
+            self.coco_ref_tokens = self.pipeline.ref_tokens
+            with timed(t, "prep: coco references"):
                 self.coco_refs = CocoReferences(self.coco_ref_tokens)
         if "rouge" in self.families:
-            with _Timer(t, "prep: rouge references"):
+            with timed(t, "prep: rouge references"):
                 self.rouge_refs = RougeReferences(self.refs)
         if "nltk" in self.families:
-            with _Timer(t, "prep: nltk references"):
+            with timed(t, "prep: nltk references"):
                 self.nltk_refs = NltkReferences(self.refs)
             note = nltk_tokenizer_note()
             if note and note not in self.notes:
                 self.notes.append(note)
-            with _Timer(t, "prep: load WordNet"):
+            with timed(t, "prep: load WordNet"):
                 reader, where = load_wordnet()
             if reader is None:
                 self.unavailable["nltk/METEOR"] = where
@@ -266,15 +154,8 @@ class Scorer:
                 self.notes.append(f"nltk/METEOR WordNet: {where}")
 
     def _ready(self) -> None:
-        with _Timer(self.timings, "score: wait for preparation"):
+        with timed(self.timings, "score: wait for preparation"):
             self._prep.join()
-        if self._prep_error is not None:
-            raise self._prep_error
-
-    def _ref_tokens(self) -> None:
-        """Wait for the references' PTB tokens only (what caption tokenisation and METEOR need)."""
-        with _Timer(self.timings, "score: wait for reference tokens"):
-            self._ref_tokens_ready.wait()
         if self._prep_error is not None:
             raise self._prep_error
 
@@ -296,76 +177,14 @@ class Scorer:
             out[i] = c
         return out
 
-    def _java(self) -> ThreadPoolExecutor:
-        if self._java_jobs is None:
-            self._java_jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captune-java")
-        return self._java_jobs
-
-    def _queue_meteor(self, raw_pairs: Sequence[tuple[Any, str]], tokenized: Future[None] | None = None) -> None:
-        """Queue METEOR for raw (image id, caption) pairs not yet scored or queued; it starts once
-        `tokenized` (their PTB tokenisation) is done."""
-        if self.meteor is None or not self.meteor.available or "coco/METEOR" in self.unavailable:
-            return
-        todo = [p for p in dict.fromkeys(raw_pairs) if p not in self._meteor_queued]
-        if todo:
-            self._meteor_queued.update(todo)
-            self._meteor_jobs.append(self._java().submit(self._meteor_job, todo, tokenized))
-
-    def _meteor_job(self, raw_pairs: list[tuple[Any, str]], tokenized: Future[None] | None = None) -> None:
-        if tokenized is not None:
-            tokenized.result()
-        keys = list(dict.fromkeys((i, self._tok[c]) for i, c in raw_pairs))
-        keys = [k for k in keys if k not in self._meteor_stats]
-        if not keys or "coco/METEOR" in self.unavailable:
-            return
-        try:
-            assert self.meteor is not None
-            with _Timer(self.timings, "meteor thread: JVM warm-up"):
-                self.meteor.warm_up()
-            self._meteor_total += len(keys)
-            if self._meteor_bar is not None:
-                self._meteor_bar.set_total(self._meteor_total)
-            with _Timer(self.timings, "meteor thread: segments"):
-                stats = self.meteor.segment_stats([(tok, self.coco_ref_tokens[i]) for i, tok in keys],
-                                                  progress=self._meteor_scored)
-            self.timings["meteor thread: segments scored"] = self.timings.get("meteor thread: segments scored", 0) \
-                + len(keys)
-            self._meteor_stats.update(zip(keys, stats, strict=True))
-        except MeteorError as exc:
-            self.unavailable["coco/METEOR"] = str(exc)
-        except Exception as exc:
-            self.unavailable["coco/METEOR"] = f"METEOR unavailable: {type(exc).__name__}: {exc}"
-
-    def _meteor_scored(self, n: int) -> None:
-        self._meteor_done += n
-        if self._meteor_bar is not None:
-            self._meteor_bar.advance(n)
-
-    def _tokenize_job(self, texts: list[str]) -> None:
-        self._ref_tokens()
-        self._tokenize(texts)
-
     def prefetch(self, systems: Mapping[str, Mapping[Any, str]]) -> None:
         """Start the Java side of scoring these captions (PTB tokenisation, METEOR) in the background
         and return at once: an evaluation grid calls it after each batch, so METEOR runs on the other
         core while the next captions are generated. `score()` later finds the work done. Captions are
         not validated here; `score()` does that."""
-        if "coco" not in self.families:
-            return
-        raw = list(dict.fromkeys((i, c) for caps in systems.values() for i, c in caps.items()
-                                 if i in self.refs and isinstance(c, str)))
-        if not raw:
-            return
-        if self._ptb_jobs is None:
-            self._ptb_jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captune-ptb")
-        tokenized = self._ptb_jobs.submit(self._tokenize_job, [c for _, c in raw])
-        self._tokenize_jobs.append(tokenized)
-        self._queue_meteor(raw, tokenized)
-
-    @staticmethod
-    def _wait(jobs: list[Future[None]]) -> None:
-        while jobs:
-            jobs.pop(0).result()
+        if "coco" in self.families:
+            self.pipeline.prefetch(list(dict.fromkeys((i, c) for caps in systems.values() for i, c in caps.items()
+                                                      if i in self.refs and isinstance(c, str))))
 
     def score(self, systems: Mapping[str, Mapping[Any, str]]) -> dict[str, SystemResult]:
         """Score every system (name -> {image id: caption}) on all families; returns name -> result."""
@@ -376,51 +195,40 @@ class Scorer:
         raw_pairs = list(dict.fromkeys((i, c) for sys_caps in caps.values() for i, c in sys_caps.items()))
         if "coco" in self.families:
             # METEOR (the longest part) starts as soon as the tokens exist, before the rest of preparation.
-            self._ref_tokens()
-            with _Timer(t, "score: PTB-tokenise captions"):
-                self._wait(self._tokenize_jobs)  # prefetched ones
-                self._tokenize([c for _, c in raw_pairs])
-            self._queue_meteor(raw_pairs)  # runs in the Java worker while Python does the rest
+            self.pipeline.tokenize_and_queue(raw_pairs)
         self._ready()
         if "coco" in self.families:
             pairs = list(dict.fromkeys((i, self._tok[c]) for i, c in raw_pairs))
-            with _Timer(t, "score: coco BLEU/CIDEr/ROUGE-L"):
+            with timed(t, "score: coco BLEU/CIDEr/ROUGE-L"):
                 for i, tok in pairs:
                     if (i, tok) not in self._coco:
                         stats = self.coco_refs.bleu_stats(i, tok)
                         self._coco[(i, tok)] = (stats, self.coco_refs.cider(i, tok), self.coco_refs.rouge_l(i, tok))
         if "rouge" in self.families:
-            with _Timer(t, "score: rouge-score"):
+            with timed(t, "score: rouge-score"):
                 for i, c in raw_pairs:
                     if (i, c) not in self._rouge:
                         self._rouge[(i, c)] = self.rouge_refs.score(i, c)
         if "nltk" in self.families:
             self._score_nltk(raw_pairs)
-        with _Timer(t, "score: diversity, statistics"):  # everything but METEOR, while its JVM still runs
+        with timed(t, "score: diversity, statistics"):  # everything but METEOR, while its JVM still runs
             partial = {name: self._system_stats(c) for name, c in caps.items()}
-        with _Timer(t, "score: wait for METEOR"):
-            if self.progress and self._meteor_jobs:
-                self._meteor_bar = Bar("METEOR segments", self._meteor_total, completed=self._meteor_done)
-            try:
-                self._wait(self._meteor_jobs)
-            finally:
-                bar, self._meteor_bar = self._meteor_bar, None
-                if bar is not None:
-                    bar.close()
-        with _Timer(t, "score: bootstrap"):
+        with timed(t, "score: wait for METEOR"):
+            self.pipeline.wait(self.progress)
+        with timed(t, "score: bootstrap"):
             return {name: self._finish(name, self._with_meteor(caps[name], stats), fixed, top)
                     for name, (stats, fixed, top) in partial.items()}
 
     def _score_nltk(self, raw_pairs: Sequence[tuple[Any, str]]) -> None:
         t = self.timings
         todo = [(i, c) for i, c in raw_pairs if (i, c) not in self._nltk]
-        with _Timer(t, "score: nltk tokenise"):
+        with timed(t, "score: nltk tokenise"):
             for _, c in todo:
                 if c not in self._nltk_tokens:
                     self._nltk_tokens[c] = nltk_word_tokenize(c)
-        with _Timer(t, "score: nltk BLEU"):
+        with timed(t, "score: nltk BLEU"):
             bleu = [self.nltk_refs.bleu_stats(i, self._nltk_tokens[c]) for i, c in todo]
-        with _Timer(t, "score: nltk METEOR"):
+        with timed(t, "score: nltk METEOR"):
             if self.nltk_meteor is not None:
                 met: list[float | None] = [
                     self.nltk_meteor.score(self.nltk_refs.tokens[i], self._nltk_tokens[c], key=i) for i, c in todo
@@ -486,9 +294,9 @@ class Scorer:
         if "coco" not in self.families or "coco/METEOR" in self.unavailable:
             return stats
         keys = [(i, self._tok[caps[i]]) for i in self.image_ids]
-        if not all(k in self._meteor_stats for k in keys):
+        if not all(k in self.pipeline.stats for k in keys):
             return stats
-        m = aggregable(np.array([self._meteor_stats[k] for k in keys]).reshape(len(keys), N_STATS))
+        m = aggregable(np.array([self.pipeline.stats[k] for k in keys]).reshape(len(keys), N_STATS))
         meteor = Statistic("coco/METEOR", m, lambda s, _n: meteor_from_stats(s), CI_METEOR, meteor_from_stats(m))
         out: dict[str, Statistic] = {}
         for key, value in stats.items():
@@ -522,24 +330,18 @@ class Scorer:
             metrics[s.name] = MetricResult(s.name, value, lo, hi, s.ci_method, s.per_image)
         for key, res in fixed.items():
             metrics.setdefault(key, res)
-        ordered = dict(sorted(metrics.items(), key=lambda kv: _metric_order(kv[0])))
+        ordered = dict(sorted(metrics.items(), key=lambda kv: metric_order(kv[0])))
         return SystemResult(name, list(self.image_ids), ordered, stats, replicates, top)
 
     def compare(self, a: SystemResult, b: SystemResult) -> list[PairedResult]:
         """Paired approximate-randomisation test of a vs b on every metric both have statistics for."""
         if self._masks is None:
             self._masks = swap_masks(len(self.image_ids), self.trials, self.seed + 1)
-        return [
-            paired_test(a.statistics[k], b.statistics[k], masks=self._masks)
-            for k in a.statistics
-            if k in b.statistics
-        ]
+        return [paired_test(a.statistics[k], b.statistics[k], masks=self._masks) for k in a.statistics
+                if k in b.statistics]
 
     def close(self) -> None:
-        for jobs in (self._ptb_jobs, self._java_jobs):
-            if jobs is not None:
-                jobs.shutdown(wait=True, cancel_futures=True)
-        self._ptb_jobs = self._java_jobs = None
+        self.pipeline.close()
         if self._own_meteor and self.meteor is not None:
             self.meteor.close()
 
@@ -556,82 +358,16 @@ class Scorer:
             "seed": self.seed,
             "ci_level": self.level,
             "paired_test": f"approximate randomisation, {self.trials} trials, two-sided",
-            "coco_tokenizer": self.tokenizer_name or None,
+            "coco_tokenizer": self.pipeline.tokenizer_name or None,
             "java": self.java.path if self.java.available else None,
         }
 
 
-_ORDER = [
-    "coco/BLEU-1", "coco/BLEU-2", "coco/BLEU-3", "coco/BLEU-4", "coco/METEOR", "coco/ROUGE-L", "coco/CIDEr",
-    "coco/SPICE", "rouge/ROUGE-1", "rouge/ROUGE-2", "rouge/ROUGE-L", "nltk/BLEU-1", "nltk/BLEU-2",
-    "nltk/BLEU-3", "nltk/BLEU-4", "nltk/METEOR", "div/Mean Length", "div/Vocabulary", "div/TTR", "div/MATTR",
-    "div/MSTTR", "div/distinct-1", "div/distinct-2", "div/seq-rep-1", "div/seq-rep-2", "div/seq-rep-3",
-    "div/seq-rep-4", "div/Duplicate Rate", "div/Novelty", "div/Self-BLEU",
-]
-
-
-def _metric_order(name: str) -> tuple[int, str]:
-    return (_ORDER.index(name) if name in _ORDER else len(_ORDER), name)
-
-
-def build_report(
-    scorer: Scorer,
-    results: Mapping[str, SystemResult],
-    comparisons: Sequence[tuple[str, str, Sequence[PairedResult]]] = (),
-    *,
-    per_image: bool = True,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The scores.json document (see `captune.metrics` for the schema)."""
-    report: dict[str, Any] = {
-        "schema": SCHEMA,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "images": len(scorer.image_ids),
-        "image_ids": list(scorer.image_ids) if per_image else None,
-        "settings": scorer.settings(),
-        "unavailable": dict(sorted(scorer.unavailable.items())),
-        "notes": list(dict.fromkeys(scorer.notes)),
-        "aliases": {"Repetition Rate": div.REPETITION_RATE},
-        "systems": {name: r.to_json(per_image) for name, r in results.items()},
-        "timings": {k: round(v, 3) for k, v in scorer.timings.items()},
-        "comparisons": [
-            {"a": a, "b": b, "metric": p.metric, "value_a": _num(p.value_a), "value_b": _num(p.value_b),
-             "delta": _num(p.delta), "p_value": p.p_value, "trials": p.trials, "method": p.method}
-            for a, b, tests in comparisons
-            for p in tests
-        ],
-    }
-    if extra:
-        report.update(extra)
-    return report
-
-
-def score_systems(
-    systems: Mapping[str, Mapping[Any, str]],
-    refs: Mapping[Any, Sequence[str]],
-    *,
-    metrics: Iterable[str] = FAMILIES,
-    baseline: str | None = None,
-    bootstrap_samples: int = 1000,
-    seed: int = 0,
-    paired_trials: int = 1000,
-    spice: bool | None = None,
-    train_captions: Iterable[str] | None = None,
-    self_bleu: bool = False,
-    per_image: bool = True,
-    meteor: MeteorProcess | None = None,
-    token_cache: dict[str, str] | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Score systems against references and return the scores.json document.
-
-    Every system is compared with `baseline` (default: the first system) by a paired test.
-    """
-    with Scorer(
-        refs, metrics=metrics, bootstrap_samples=bootstrap_samples, seed=seed, paired_trials=paired_trials,
-        spice=spice, train_captions=train_captions, self_bleu=self_bleu, meteor=meteor, token_cache=token_cache,
-        progress=progress,
-    ) as scorer:
+def score_systems(systems: Mapping[str, Mapping[Any, str]], refs: Mapping[Any, Sequence[str]], *,
+                  baseline: str | None = None, per_image: bool = True, **options: Any) -> dict[str, Any]:
+    """Score systems against references and return the scores.json document. `options` are the
+    `Scorer`'s. Every system is compared with `baseline` (default: the first system) by a paired test."""
+    with Scorer(refs, **options) as scorer:
         results = scorer.score(systems)
         names = list(results)
         base = baseline if baseline is not None else names[0]
