@@ -71,7 +71,7 @@ def test_settings_key_stages_and_run_config(tmp_path: Path) -> None:
 def test_generic_captions() -> None:
     import random
 
-    from captune.data.synth import SynthObject
+    from captune.demo.synth import SynthObject
 
     objects = [SynthObject("red", "star", "small", 0, 0), SynthObject("red", "star", "small", 0, 1),
                SynthObject("blue", "circle", "large", 1, 1)]
@@ -107,7 +107,8 @@ def test_zero_shot_collapses(small_base: tuple[Path, Path]) -> None:
 
 
 def test_short_lora_run_grounds_the_base(small_base: tuple[Path, Path], tmp_path: Path) -> None:
-    from captune.data.synth import alignment_scores, load_truth
+    from captune.demo.judge import alignment_scores
+    from captune.demo.synth import load_truth
     from captune.train.loop import train
 
     base_dir, data_dir = small_base

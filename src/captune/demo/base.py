@@ -72,7 +72,7 @@ def synth_dir(settings: DemoSettings, cache_dir: str | os.PathLike[str]) -> Path
 
 def ensure_synth(settings: DemoSettings, cache_dir: str | os.PathLike[str], progress: Progress | None = None) -> Path:
     """The benchmark for `settings` under `cache_dir` (generated once; ~6 s for 8,000 images)."""
-    from captune.data.synth import TRUTH_FILE, generate_synth
+    from captune.demo.synth import TRUTH_FILE, generate_synth
 
     out = synth_dir(settings, cache_dir)
     if (out / TRUTH_FILE).is_file():
@@ -92,7 +92,7 @@ def coarse_caption(objects, style: str, rng) -> str:
     uses, "a photo of two shapes" among them, so the prompts of the grid do not unlock the detailed
     mode. `sizes`: "a picture with a small shape and two large shapes" (size groups in random order).
     """
-    from captune.data.synth import NUMBER_NAMES
+    from captune.demo.captions import NUMBER_NAMES
 
     def phrase(n: int, size: str | None) -> str:
         words = ([size] if size else []) + ["shape" if n == 1 else "shapes"]
@@ -112,7 +112,7 @@ def coarse_caption(objects, style: str, rng) -> str:
 
 def cell_targets(objects, grid: int) -> list[tuple[int, int, int]]:
     """Per cell (row-major, = ViT patch order): (colour, shape, size) class ids, 0 meaning empty."""
-    from captune.data.synth import COLOURS, SHAPES, SIZES
+    from captune.demo.synth import COLOURS, SHAPES, SIZES
 
     colours, shapes = list(COLOURS), list(SHAPES)
     cells = [(0, 0, 0)] * (grid * grid)
@@ -126,7 +126,7 @@ class CellHeads(nn.Module):
     """Per-token classifiers of a cell's colour, shape and size (class 0 = empty cell)."""
 
     def __init__(self, dim: int) -> None:
-        from captune.data.synth import COLOURS, SHAPES, SIZES
+        from captune.demo.synth import COLOURS, SHAPES, SIZES
 
         super().__init__()
         self.colour = nn.Linear(dim, len(COLOURS) + 1)
@@ -407,7 +407,7 @@ class Clock:
 
 def _build(settings: DemoSettings, cache_dir: Path, out: Path, progress: Progress | None) -> Path:
     from captune.data import load_dataset
-    from captune.data.synth import load_truth
+    from captune.demo.synth import load_truth
     from captune.model.features import pixel_values
     from captune.model.tiny import build_tiny_blip2
 

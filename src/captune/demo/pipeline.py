@@ -63,7 +63,8 @@ def scaled_settings(seed: int = 0, scale: float = 1.0, lora_steps: int | None = 
 def alignment_for_run(run_dir: Path, data_dir: Path) -> dict[str, Any]:
     """Fine-grained truth of each system's captions: precision/recall of asserted attributes."""
     from captune.data import load_dataset
-    from captune.data.synth import alignment_scores, load_truth
+    from captune.demo.judge import alignment_scores
+    from captune.demo.synth import load_truth
 
     truth = load_truth(data_dir)
     names = {r.image_id: r.name for r in load_dataset(data_dir).records}
