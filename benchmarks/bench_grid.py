@@ -83,10 +83,10 @@ def grid_config(model_dir: Path, data_root: Path, out: Path, name: str, args: ar
     chosen = getattr(args, "systems", "default")
     if chosen != "default":
         from captune.config import config_from_dict, config_to_dict
-        from captune.demo.pipeline import DEMO_SYSTEMS
+        from captune.demo.recipe import demo_systems
 
         data = config_to_dict(cfg)
-        data["eval"]["systems"] = DEMO_SYSTEMS if chosen == "demo" else ISSUE_SYSTEMS
+        data["eval"]["systems"] = demo_systems() if chosen == "demo" else ISSUE_SYSTEMS
         cfg = config_from_dict(data)
     return cfg
 

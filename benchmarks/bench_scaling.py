@@ -1,6 +1,6 @@
 """Benchmark: training and evaluation cost vs number of images (linear scaling check), tiny model.
 
-A synthetic benchmark (`captune.data.synth.generate_synth`, 24 px, grid 3: one 8 px ViT patch per cell)
+A synthetic benchmark (`captune.demo.synth.generate_synth`, 24 px, grid 3: one 8 px ViT patch per cell)
 is generated once with the largest size; for each size N (default 1k, 2k, 4k, 8k) the first N images
 
   train  `captune.train.loop.train`: 1 epoch, one caption per image, batch 16 (feature caching included)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from captune.config import load_config
     from captune.data import load_dataset
-    from captune.data.synth import generate_synth
+    from captune.demo.synth import generate_synth
     from captune.grid.run import run_grid
     from captune.model.tiny import TinySpec, save_tiny
     from captune.train.loop import train

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from captune.data.synth import generate_synth
+from captune.demo.synth import generate_synth
 
 
 def bench(scale: float, repeats: int, workers: int, size: int, grid: int) -> list[float]:

@@ -244,7 +244,8 @@ def caption_texts(n: int, seed: int = 0) -> list[str]:
         lines = (FLICKR8K / "Flickr8k_text" / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines()
         texts = [line.split("\t", 1)[1] for line in lines if "\t" in line]
         return [texts[rng.randrange(len(texts))] for _ in range(n)]
-    from captune.data.synth import make_scene, write_captions
+    from captune.demo.captions import write_captions
+    from captune.demo.synth import make_scene
 
     out: list[str] = []
     while len(out) < n:

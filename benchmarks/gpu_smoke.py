@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("CAPTUNE_NO_PROGRESS", "1")
     import torch
 
-    from captune.data.synth import generate_synth
+    from captune.demo.synth import generate_synth
 
     print(f"gpu smoke: model.device={args.device}; torch {torch.__version__}; "
           f"CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}", flush=True)

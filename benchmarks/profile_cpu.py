@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import captune.metrics.coco
     import captune.model.adapters  # noqa: F401
     from captune.config import load_config
-    from captune.data.synth import generate_synth
+    from captune.demo.synth import generate_synth
     from captune.grid.run import run_grid
     from captune.model.tiny import TinySpec, save_tiny
     from captune.train.loop import train

@@ -12,18 +12,8 @@ from PIL import Image
 
 from captune.cli import main
 from captune.data import load_dataset
-from captune.data.synth import (
-    BACKGROUND,
-    COLOURS,
-    SHAPES,
-    ParsedCaption,
-    SynthObject,
-    alignment_scores,
-    generate_synth,
-    judge,
-    load_truth,
-    parse_caption,
-)
+from captune.demo.judge import ParsedCaption, alignment_scores, judge, parse_caption
+from captune.demo.synth import BACKGROUND, COLOURS, SHAPES, SynthObject, generate_synth, load_truth
 from captune.errors import DataError
 
 SMALL = {"train": 40, "val": 10, "test": 10}

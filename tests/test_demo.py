@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from captune.demo.pipeline import DEMO_SYSTEMS, run_demo
+from captune.demo.pipeline import run_demo
+from captune.demo.recipe import demo_systems
 from captune.metrics.java import find_java
 
 
@@ -17,7 +18,7 @@ def test_demo_runs_end_to_end_at_reduced_scale(tmp_path: Path, monkeypatch, caps
                  "demo.json", "adapter/adapter_model.safetensors", "train/log.jsonl"):
         assert (run / name).is_file(), name
     scores = json.loads((run / "scores.json").read_text())
-    assert scores["systems_order"] == [s["name"] for s in DEMO_SYSTEMS]
+    assert scores["systems_order"] == [s["name"] for s in demo_systems()]
     alignment = json.loads((run / "alignment.json").read_text())
     assert set(alignment) == set(scores["systems"])
     assert {"pairs", "sizes", "relations", "counts"} <= set(alignment["lora-greedy"])
@@ -33,14 +34,13 @@ def test_demo_runs_end_to_end_at_reduced_scale(tmp_path: Path, monkeypatch, caps
     from captune.cli import main
     from captune.demo import pipeline
 
-    small = pipeline.scaled_settings
-    monkeypatch.setattr(pipeline, "scaled_settings", lambda seed, scale, lora_steps, **kw: small(
-        seed, scale, 20, vision_steps=20, lm_steps=20, **kw))
+    full = pipeline.run_demo
+    monkeypatch.setattr(pipeline, "run_demo", lambda **kw: full(**kw, lora_steps=20, vision_steps=20, lm_steps=20))
     assert main(["demo", "--scale", "0.02", "--out", str(tmp_path / "runs"), "--cache-dir",
                  str(tmp_path / "cache"), "--no-progress"]) == 0
     captured = capsys.readouterr()
     printed = captured.out
-    assert all(s["name"] in printed for s in DEMO_SYSTEMS) and "vs best prompt" in printed
+    assert all(s["name"] in printed for s in demo_systems()) and "vs best prompt" in printed
     assert f"report: {result.report}" in captured.err.replace("\n", "")
     again = json.loads((run / "demo.json").read_text())["timings"]
     assert again["base"] < result.timings["base"]

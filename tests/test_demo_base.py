@@ -14,23 +14,24 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from captune.demo import DemoSettings, build_base, demo_run_config, ensure_synth
-from captune.demo.base import META_FILE, coarse_caption
+from captune.demo.base import META_FILE, build_base, coarse_caption, ensure_synth
+from captune.demo.recipe import DemoSettings, demo_run_config
 
 SMALL = DemoSettings(
     train_images=800, val_images=100, test_images=100,
     vision_steps=120, vision_batch=32, qformer_steps=60, qformer_batch=32,
     lm_steps=800, lm_batch=32,
-    lora_steps=150, lora_batch=32, lora_warmup=10, caption_batch=100,
 )
-"""The demo's recipe at about a tenth of its cost (the stages and their order are the same)."""
+"""The demo's base at about a tenth of its cost (the stages and their order are the same)."""
+SMALL_LORA = ["train.batch_size=32", "train.warmup_steps=10", "generate.batch_size=100"]
+"""The demo's LoRA run (demo.yaml) at a smaller batch."""
 
 TINY = replace(SMALL, train_images=100, val_images=10, test_images=10, vision_steps=3, qformer_steps=3,
                lm_steps=3)
 """Just enough to run every stage once."""
 
 
-def _captions(base_dir: Path, data_dir: Path, settings: DemoSettings, adapter_dir: Path | None = None):
+def _captions(base_dir: Path, data_dir: Path, adapter_dir: Path | None = None):
     """Greedy captions of the eval split (val+test), no prompt, adapter off unless given."""
     from captune.config import ModelConfig
     from captune.data import load_dataset
@@ -45,7 +46,8 @@ def _captions(base_dir: Path, data_dir: Path, settings: DemoSettings, adapter_di
     records = load_dataset(data_dir, format="flickr8k").select("eval")
     embeds = encode_images(model, pixel_values([r.path for r in records], loaded.processor.image_processor))
     captioner = Captioner(model, loaded.processor, "opt")
-    decode = DecodeSettings(prompt=settings.prompt, max_new_tokens=settings.max_new_tokens)
+    generate = demo_run_config(data_dir, base_dir, "runs").generate
+    decode = DecodeSettings(prompt=generate.prompt, max_new_tokens=generate.max_new_tokens)
     texts = captioner.caption_embeds(embeds, decode, adapter=adapter_dir is not None, batch_size=100)
     return {Path(r.name).stem: t[0] for r, t in zip(records, texts, strict=True)}
 
@@ -59,19 +61,38 @@ def small_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_settings_key_stages_and_run_config(tmp_path: Path) -> None:
     s = DemoSettings()
     assert s.key("base") == DemoSettings().key("base")
-    assert replace(s, lora_lr=0.5).key("synth", "base") == s.key("synth", "base")  # LoRA settings keep the base
     assert replace(s, lm_steps=1).key("base") != s.key("base")
-    cfg = demo_run_config(s, tmp_path / "data", tmp_path / "base", tmp_path / "runs")
-    assert cfg.lora.preset == "qformer+lm" and cfg.lora.r == s.lora_r
-    assert cfg.train.feature_cache == "memory" and cfg.train.max_steps == s.lora_steps
-    assert cfg.train.prompt == s.prompt and cfg.generate.prompt == s.prompt
+    assert replace(s, lm_steps=1).key("synth") == s.key("synth")  # base settings keep the benchmark
+    cfg = demo_run_config(tmp_path / "data", tmp_path / "base", tmp_path / "runs", seed=3,
+                          overrides=["train.max_steps=7"])
+    assert cfg.lora.preset == "qformer+lm" and cfg.lora.r == 8 and cfg.train.seed == 3
+    assert cfg.train.feature_cache == "memory" and cfg.train.max_steps == 7
+    assert cfg.model.name_or_path == str(tmp_path / "base") and cfg.data.path == str(tmp_path / "data")
+    assert cfg.train.prompt == "" and cfg.generate.prompt == ""
+    assert [s.name for s in cfg.eval.systems][-2:] == ["lora-greedy", "lora-beam3-norepeat"]
     assert cfg.run_dir == tmp_path / "runs" / "demo"
+    disk = demo_run_config(tmp_path / "data", tmp_path / "base", tmp_path / "runs", feature_dir=tmp_path / "f")
+    assert disk.train.feature_cache == "disk" and disk.train.feature_directory() == tmp_path / "f"
+
+
+def test_demo_yaml_is_shipped_and_runs_as_a_config() -> None:
+    """configs/demo.yaml is the packaged file (a link to it), a config `captune run` reads as it is."""
+    from importlib.resources import files
+
+    from captune.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = files("captune.demo") / "demo.yaml"
+    assert (root / "configs" / "demo.yaml").read_text() == shipped.read_text()
+    assert "demo/*.yaml" in (root / "pyproject.toml").read_text()
+    cfg = load_config(root / "configs" / "demo.yaml")
+    assert cfg.train.max_steps == 150 and cfg.generate.batch_size == 500 and len(cfg.eval.systems) == 8
 
 
 def test_generic_captions() -> None:
     import random
 
-    from captune.data.synth import SynthObject
+    from captune.demo.synth import SynthObject
 
     objects = [SynthObject("red", "star", "small", 0, 0), SynthObject("red", "star", "small", 0, 1),
                SynthObject("blue", "circle", "large", 1, 1)]
@@ -101,21 +122,22 @@ def test_base_is_deterministic_and_cached(tmp_path: Path) -> None:
 
 def test_zero_shot_collapses(small_base: tuple[Path, Path]) -> None:
     base_dir, data_dir = small_base
-    captions = _captions(base_dir, data_dir, SMALL)
+    captions = _captions(base_dir, data_dir)
     duplicate_rate = 1 - len(set(captions.values())) / len(captions)
     assert duplicate_rate >= 0.9, sorted(set(captions.values()))
 
 
 def test_short_lora_run_grounds_the_base(small_base: tuple[Path, Path], tmp_path: Path) -> None:
-    from captune.data.synth import alignment_scores, load_truth
+    from captune.demo.judge import alignment_scores
+    from captune.demo.synth import load_truth
     from captune.train.loop import train
 
     base_dir, data_dir = small_base
     truth = load_truth(data_dir)
-    before = alignment_scores(_captions(base_dir, data_dir, SMALL), truth)["pairs"]
-    cfg = demo_run_config(SMALL, data_dir, base_dir, tmp_path)
+    before = alignment_scores(_captions(base_dir, data_dir), truth)["pairs"]
+    cfg = demo_run_config(data_dir, base_dir, tmp_path, overrides=SMALL_LORA)
     result = train(cfg, progress=False)
     assert result.summary["parameters"]["trainable_share"] < 0.05
-    after = alignment_scores(_captions(base_dir, data_dir, SMALL, cfg.run_dir / "adapter"), truth)["pairs"]
+    after = alignment_scores(_captions(base_dir, data_dir, cfg.run_dir / "adapter"), truth)["pairs"]
     assert after["found"] > before["found"]
     assert after["recall"] >= 0.2 and after["precision"] >= 0.3, after

@@ -106,7 +106,7 @@ eval:
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory, tiny_model_dirs) -> tuple[Path, list]:
     """`captune run` with model.device=cpu and the resolver spied on: (config path, resolver calls)."""
-    from captune.data.synth import generate_synth
+    from captune.demo.synth import generate_synth
     from captune.pipeline import run_pipeline
 
     root = tmp_path_factory.mktemp("device")

@@ -38,7 +38,7 @@ eval:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, tiny_model_dirs) -> Path:
     """A synthetic benchmark and a short LoRA run on it (the grid's inputs)."""
-    from captune.data.synth import generate_synth
+    from captune.demo.synth import generate_synth
 
     root = tmp_path_factory.mktemp("grid")
     generate_synth(root / "synth", scale=0.01, size=32)

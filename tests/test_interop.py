@@ -14,7 +14,7 @@ from captune.metrics.io import ImageNames, load_predictions, load_reference_set
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
-    from captune.data.synth import generate_synth
+    from captune.demo.synth import generate_synth
 
     root = tmp_path_factory.mktemp("interop") / "synth"
     generate_synth(root, scale=0.005, size=32)

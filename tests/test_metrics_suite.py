@@ -133,7 +133,7 @@ def test_human_families_follow_the_main_table() -> None:
 def test_precompute_for_split_fills_the_cache_the_grid_reads(tmp_path, monkeypatch) -> None:
     import captune.metrics.human as human
     from captune.data import load_dataset
-    from captune.data.synth import generate_synth
+    from captune.demo.synth import generate_synth
     from captune.metrics.suite import _normalise_refs
 
     monkeypatch.setenv("CAPTUNE_CACHE_DIR", str(tmp_path / "cache"))

@@ -40,7 +40,8 @@ def finished_run(tmp_path_factory, tiny_model_dirs) -> Path:
     """
     from captune.config import load_config
     from captune.data import load_dataset_from_config
-    from captune.data.synth import alignment_scores, generate_synth, load_truth
+    from captune.demo.judge import alignment_scores
+    from captune.demo.synth import generate_synth, load_truth
     from captune.grid.run import run_grid
     from captune.train.loop import train
 

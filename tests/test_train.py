@@ -173,7 +173,7 @@ def test_two_processes_match_one(tiny_model_dirs, colour_data: Path, tmp_path: P
 
 
 def test_train_cli_on_synthetic_benchmark(tmp_path: Path, tiny_model_dirs) -> None:
-    from captune.data.synth import generate_synth
+    from captune.demo.synth import generate_synth
 
     generate_synth(tmp_path / "synth", scale=0.01, size=32)
     cfg_path = _write_config(tmp_path / "run.yaml", tiny_model_dirs["t5"], tmp_path / "synth", tmp_path, "synth")

@@ -21,7 +21,7 @@ from captune.errors import ConfigError
 
 if TYPE_CHECKING:
     from captune.data.records import LoadedDataset
-    from captune.data.synth import SynthSummary
+    from captune.demo.synth import SynthSummary
     from captune.pipeline import PipelineResult
     from captune.report import ReportPaths
     from captune.train.loop import TrainResult
@@ -116,6 +116,6 @@ def write_report(run_dir: PathLike, formats: str | Iterable[str] = ("md", "html"
 def synthesize(out: PathLike, *, scale: float = 1.0, seed: int = 0, progress: bool = False,
                **settings: Any) -> SynthSummary:
     """The synthetic fine-grained benchmark (Flickr8K layout + ground truth), as `captune data synth`."""
-    from captune.data.synth import generate_synth
+    from captune.demo.synth import generate_synth
 
     return generate_synth(Path(out), scale=scale, seed=seed, progress=progress, **settings)

@@ -75,7 +75,7 @@ def synth_command(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Write a seeded fine-grained captioning benchmark in the Flickr8K layout, with ground truth."""
-    from captune.data.synth import TRUTH_FILE, generate_synth
+    from captune.demo.synth import TRUTH_FILE, generate_synth
 
     if out_arg is not None:
         if out is not None:

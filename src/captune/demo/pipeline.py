@@ -11,25 +11,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from captune.io import atomic_write_json
-
-# The grid the demo runs: the recipe's baselines, 8 systems (beam 3 keeps the CPU budget). Both beam systems
-# block repeated 3-grams: the tiny LM sometimes names one object twice and skips another (seed 0 LoRA: BLEU-4
-# 0.445 -> 0.458, CIDEr 2.45 -> 2.57); the zero-shot base gets the same decoding, so the comparison stays fair.
-DEMO_SYSTEMS: list[dict[str, Any]] = [
-    {"name": "zero-shot-greedy"},
-    {"name": "zero-shot-beam3-norepeat", "num_beams": 3, "no_repeat_ngram_size": 3},
-    {"name": "prompt-photo", "prompt": "a photo of"},
-    {"name": "prompt-question", "prompt": "Question: what is in this image? Answer:"},
-    {"name": "sample-nucleus-0.9", "do_sample": True, "top_p": 0.9},
-    {"name": "sample-topk-50-norepeat", "do_sample": True, "top_k": 50, "no_repeat_ngram_size": 2},
-    {"name": "lora-greedy", "adapter": True},
-    {"name": "lora-beam3-norepeat", "adapter": True, "num_beams": 3, "no_repeat_ngram_size": 3},
-]
 
 
 @dataclass
@@ -47,7 +34,7 @@ def default_cache_dir() -> Path:
     return cache_path("demo")
 
 
-def scaled_settings(seed: int = 0, scale: float = 1.0, lora_steps: int | None = None, **overrides: Any):
+def scaled_settings(seed: int = 0, scale: float = 1.0, **overrides: Any):
     """Demo settings; `scale` < 1 shrinks the benchmark, `overrides` any other field (CI's fast test)."""
     from captune.demo.recipe import DemoSettings
 
@@ -55,15 +42,14 @@ def scaled_settings(seed: int = 0, scale: float = 1.0, lora_steps: int | None = 
     if scale != 1.0:
         s = replace(s, train_images=max(8, round(s.train_images * scale)),
                     val_images=max(4, round(s.val_images * scale)), test_images=max(4, round(s.test_images * scale)))
-    if lora_steps is not None:
-        s = replace(s, lora_steps=lora_steps)
     return replace(s, **overrides) if overrides else s
 
 
 def alignment_for_run(run_dir: Path, data_dir: Path) -> dict[str, Any]:
     """Fine-grained truth of each system's captions: precision/recall of asserted attributes."""
     from captune.data import load_dataset
-    from captune.data.synth import alignment_scores, load_truth
+    from captune.demo.judge import alignment_scores
+    from captune.demo.synth import load_truth
 
     truth = load_truth(data_dir)
     names = {r.image_id: r.name for r in load_dataset(data_dir).records}
@@ -76,13 +62,7 @@ def alignment_for_run(run_dir: Path, data_dir: Path) -> dict[str, Any]:
     return out
 
 
-# The COCO metrics papers report, ROUGE-1/2/L and mode collapse. NLTK's BLEU/METEOR variants (for comparing
-# with papers that used NLTK) stay available to `captune score`/`eval`; here they would add ~4 s of CPU.
-DEMO_METRICS = ["coco", "rouge", "diversity"]
-DEMO_BOOTSTRAP = 1000
-
-
-def start_human_baseline(data_dir: Path):
+def start_human_baseline(cfg):
     """The human baseline (5 rotations: ~30 s of one core) and METEOR's reduced paraphrase table in a
     light child process on the other core while the base and LoRA train on this one; returns the
     process, or None if cached or it cannot start (the grid then computes it itself)."""
@@ -91,13 +71,14 @@ def start_human_baseline(data_dir: Path):
     from captune.metrics.human import human_cache_path, human_families, precompute_for_split, split_references
     from captune.metrics.java import find_java
 
-    families = human_families(DEMO_METRICS, find_java().available)
-    refs = split_references(str(data_dir), "eval", "flickr8k")
-    if human_cache_path(refs, families, DEMO_BOOTSTRAP, 0).is_file():
+    families = human_families(cfg.eval.metrics, find_java().available)
+    data, samples, seed = cfg.data, cfg.eval.bootstrap_samples, cfg.eval.bootstrap_seed
+    refs = split_references(data.path, data.eval_split, data.format)
+    if human_cache_path(refs, families, samples, seed).is_file():
         return None
     try:
         process = multiprocessing.get_context("spawn").Process(
-            target=precompute_for_split, args=(str(data_dir), "eval", families, DEMO_BOOTSTRAP, 0, "flickr8k"),
+            target=precompute_for_split, args=(data.path, data.eval_split, families, samples, seed, data.format),
             daemon=True, name="captune-human-baseline")
         process.start()
         return process
@@ -107,8 +88,10 @@ def start_human_baseline(data_dir: Path):
 
 def run_demo(out_dir: str | Path = "runs", name: str = "demo", fresh: bool = False, seed: int = 0,
              scale: float = 1.0, lora_steps: int | None = None, cache_dir: str | Path | None = None,
-             progress: bool = True, report: bool = True, say=print, **overrides: Any) -> DemoResult:
-    from captune.config import config_from_dict, config_to_dict
+             progress: bool = True, report: bool = True, say=print, overrides: Sequence[str] = (),
+             **settings_overrides: Any) -> DemoResult:
+    """demo.yaml's run (`overrides`: `--set`-style keys of it; `lora_steps`: train.max_steps) on the cached
+    benchmark and base (`settings_overrides`: DemoSettings fields)."""
     from captune.demo.base import base_dir as base_dir_for
     from captune.demo.base import build_base, ensure_synth, feature_dir, synth_dir, torch_threads
     from captune.demo.recipe import demo_run_config
@@ -116,30 +99,28 @@ def run_demo(out_dir: str | Path = "runs", name: str = "demo", fresh: bool = Fal
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    settings = scaled_settings(seed, scale, lora_steps, **overrides)
+    settings = scaled_settings(seed, scale, **settings_overrides)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     run_dir = Path(out_dir) / name
+    overrides = [*overrides, *([f"train.max_steps={lora_steps}"] if lora_steps is not None else [])]
+    data_dir, base = synth_dir(settings, cache), base_dir_for(settings, cache)
+    cfg = demo_run_config(data_dir, base, out_dir, name=name, seed=seed, feature_dir=feature_dir(cache),
+                          overrides=overrides)
     if fresh:
-        for path in (synth_dir(settings, cache), base_dir_for(settings, cache), feature_dir(cache), run_dir):
+        for path in (data_dir, base, feature_dir(cache), run_dir):
             shutil.rmtree(path, ignore_errors=True)
     with torch_threads(1):
         t = time.perf_counter()
         say("[1/5] synthetic fine-grained benchmark ...")
-        data_dir = ensure_synth(settings, cache)
+        ensure_synth(settings, cache)
         timings["synth"] = time.perf_counter() - t
-        human = start_human_baseline(data_dir)
+        human = start_human_baseline(cfg)
         t = time.perf_counter()
         say("[2/5] tiny BLIP-2 base (pretrained by captune to play the frozen, generic captioner) ...")
-        base = build_base(settings, cache)
+        build_base(settings, cache)
         timings["base"] = time.perf_counter() - t
-        cfg = demo_run_config(settings, data_dir, base, out_dir, name=name, feature_dir=feature_dir(cache))
-        data = config_to_dict(cfg)
-        data["eval"].update(systems=DEMO_SYSTEMS, reference_system="zero-shot-greedy",
-                            bootstrap_samples=DEMO_BOOTSTRAP, bootstrap_seed=0, metrics=DEMO_METRICS,
-                            human_baseline=True)
-        cfg = config_from_dict(data)
-        say(f"[3/5] LoRA fine-tuning ({settings.lora_preset}, r={settings.lora_r}) and [4/5] the baseline grid "
-            f"({len(DEMO_SYSTEMS)} systems) ...")
+        say(f"[3/5] LoRA fine-tuning ({cfg.lora.preset}, r={cfg.lora.r}) and [4/5] the baseline grid "
+            f"({len(cfg.eval.systems or [])} systems) ...")
         t = time.perf_counter()
         if human is not None:
             human.join()  # normally long done; the grid scores the human baseline itself if it failed

@@ -1,4 +1,5 @@
-"""Every size, step count and learning rate of `captune demo`, in one dataclass, with the reasons.
+"""The demo-only settings (the synthetic benchmark, the tiny base), with the reasons; the LoRA run,
+the grid and its scoring are a RunConfig read from demo.yaml (`demo_run_config`).
 
 The demo must tell the recipe's story offline on 2 CPU cores in about two minutes: a frozen generic
 captioner mode-collapses on a fine-grained domain; prompts and sampling do not fix it; LoRA on < 5 %
@@ -10,13 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from captune.config import RunConfig
 
 # Bump when base.py changes what a given DemoSettings builds: old caches are then ignored, not reused.
 BASE_VERSION = 2
 SYNTH_VERSION = 1
+DEMO_YAML = "demo.yaml"
 
 
 def _stage(name: str, default: Any, why: str) -> Any:
@@ -25,9 +32,9 @@ def _stage(name: str, default: Any, why: str) -> Any:
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """The demo's settings. `stage` metadata says which cache a field keys (synth, base, lora, eval)."""
+    """The demo-only settings. `stage` metadata says which cache a field keys (synth, base)."""
 
-    # ---- the synthetic benchmark (data/synth.py), Flickr8K-sized splits ---------------------------
+    # ---- the synthetic benchmark (synth.py), Flickr8K-sized splits ---------------------------
     data_seed: int = _stage("synth", 0, "the benchmark itself stays fixed across demo seeds")
     image_size: int = _stage(
         "synth", 36,
@@ -83,23 +90,6 @@ class DemoSettings:
         "share of coarse captions ('a picture with two shapes'); the rest are fine captions, same image. "
         "Greedy zero-shot writes the coarse caption from 0.4 up (duplicate rate 0.994)")
 
-    # ---- the recipe: LoRA via captune.train.loop.train ---------------------------------------------
-    lora_preset: str = _stage("lora", "qformer+lm", "the recipe's placement: Q-Former query/value + LM q/v")
-    lora_r: int = _stage("lora", 8, "")
-    lora_alpha: int = _stage("lora", 32, "scale alpha/r = 4: at 100 steps as good as alpha 16 at 200 (CIDEr 2.33)")
-    lora_dropout: float = _stage("lora", 0.0, "")
-    lora_lr: float = _stage("lora", 1e-2, "")
-    lora_steps: int = _stage("lora", 150, "alpha 16: 100 steps CIDEr 2.17, 200: 2.32; alpha 32: 100: 2.33, 200: 2.32")
-    lora_batch: int = _stage("lora", 64, "")
-    lora_warmup: int = _stage("lora", 20, "")
-    lora_weight_decay: float = _stage("lora", 0.0, "")
-    prompt: str = _stage("lora", "", "train and caption without a prompt, like the zero-shot base")
-
-    # ---- evaluation ---------------------------------------------------------------------------------
-    caption_batch: int = _stage(
-        "eval", 500, "captioning batch: the 8 systems x 2,000 images decoded in 18 s at 500 and 1,000, 25 s at 250")
-    max_new_tokens: int = _stage("eval", 30, "")
-
     def stage_fields(self, *stages: str) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("stage") in stages}
 
@@ -116,26 +106,21 @@ class DemoSettings:
         return asdict(self)
 
 
-def demo_run_config(settings: DemoSettings, data_dir: str | Path, base_dir: str | Path, out_dir: str | Path,
-                    name: str = "demo", feature_dir: str | Path | None = None):
-    """The LoRA training config for `captune.train.loop.train` (run directory `out_dir/name`)."""
-    from captune.config import config_from_dict
+def demo_run_config(data_dir: str | Path, base_dir: str | Path, out_dir: str | Path, name: str = "demo",
+                    seed: int = 0, feature_dir: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """demo.yaml with the demo's own folders filled in (`overrides`: `--set`-style `train.max_steps=20`);
+    without `feature_dir` the features stay in memory."""
+    from captune.config import load_config
 
-    s = settings
-    return config_from_dict({
-        "name": name,
-        "output_dir": str(out_dir),
-        "model": {"name_or_path": str(base_dir), "dtype": "fp32", "local_files_only": True},
-        "lora": {"preset": s.lora_preset, "r": s.lora_r, "alpha": s.lora_alpha, "dropout": s.lora_dropout},
-        "data": {"path": str(data_dir), "format": "flickr8k", "train_split": "train", "val_split": "val",
-                 "eval_split": "eval"},
-        "train": {
-            "max_steps": s.lora_steps, "batch_size": s.lora_batch, "lr": s.lora_lr, "warmup_steps": s.lora_warmup,
-            "schedule": "cosine", "weight_decay": s.lora_weight_decay, "seed": s.seed, "prompt": s.prompt,
-            "captions_per_image": "all", "precision": "fp32",
-            **({"feature_cache": "disk", "feature_cache_dir": str(feature_dir)} if feature_dir else
-               {"feature_cache": "memory"}),
-            "checkpoint_every": s.lora_steps, "keep_checkpoints": 1, "tensorboard": False, "max_grad_norm": 1.0,
-        },
-        "generate": {"prompt": s.prompt, "max_new_tokens": s.max_new_tokens, "batch_size": s.caption_batch},
-    })
+    cache = {"feature_cache_dir": str(feature_dir)} if feature_dir else {"feature_cache": "memory"}
+    with as_file(files("captune.demo") / DEMO_YAML) as path:
+        return load_config(path, overrides, name=name, output_dir=str(out_dir), model={"name_or_path": str(base_dir)},
+                           data={"path": str(data_dir)}, train={"seed": seed, **cache})
+
+
+def demo_systems() -> list[dict[str, Any]]:
+    """The demo's grid as written in demo.yaml (benchmarks run other configs on it)."""
+    from captune.config import read_yaml
+
+    with as_file(files("captune.demo") / DEMO_YAML) as path:
+        return read_yaml(path)["eval"]["systems"]
