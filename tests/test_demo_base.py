@@ -34,8 +34,8 @@ def _captions(base_dir: Path, data_dir: Path, settings: DemoSettings, adapter_di
     """Greedy captions of the eval split (val+test), no prompt, adapter off unless given."""
     from captune.config import ModelConfig
     from captune.data import load_dataset
+    from captune.decoding import Decoding
     from captune.generate.captioner import Captioner
-    from captune.generate.systems import DecodeSettings
     from captune.model.adapters import load_adapter
     from captune.model.features import encode_images, pixel_values
     from captune.model.load import load_blip2
@@ -45,7 +45,7 @@ def _captions(base_dir: Path, data_dir: Path, settings: DemoSettings, adapter_di
     records = load_dataset(data_dir, format="flickr8k").select("eval")
     embeds = encode_images(model, pixel_values([r.path for r in records], loaded.processor.image_processor))
     captioner = Captioner(model, loaded.processor, "opt")
-    decode = DecodeSettings(prompt=settings.prompt, max_new_tokens=settings.max_new_tokens)
+    decode = Decoding(prompt=settings.prompt, max_new_tokens=settings.max_new_tokens)
     texts = captioner.caption_embeds(embeds, decode, adapter=adapter_dir is not None, batch_size=100)
     return {Path(r.name).stem: t[0] for r, t in zip(records, texts, strict=True)}
 
