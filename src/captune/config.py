@@ -268,10 +268,17 @@ def _check_key(key: Any, names: list[str], prefix: str) -> str:
     return path
 
 
+def _typed(data: dict[str, Any], hints: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """`data` with each value checked against its key's annotation in `hints`; unknown keys refused."""
+    out = {}
+    for key, value in data.items():
+        path = _check_key(key, list(hints), prefix)
+        out[key] = _coerce(value, hints[key], path)
+    return out
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    return cls(**{key: _coerce(value, hints[key], _check_key(key, names, prefix)) for key, value in data.items()})
+    return cls(**_typed(data, typing.get_type_hints(cls), prefix))
 
 
 _SYSTEM_KEYS = {"name": str, "adapter": bool, "samples": int, **typing.get_type_hints(Decoding)}
@@ -291,7 +298,7 @@ def _systems(rows: Any, cfg: RunConfig) -> list[System]:
             continue
         if not isinstance(row, dict):
             raise ConfigError(f"config key '{path}': expected a mapping of settings, got {row!r}")
-        given = {k: _coerce(v, _SYSTEM_KEYS[k], _check_key(k, list(_SYSTEM_KEYS), path)) for k, v in row.items()}
+        given = _typed(row, _SYSTEM_KEYS, path)
         name, adapter, samples = given.pop("name", ""), given.pop("adapter", False), given.pop("samples", 1)
         base = replace(cfg.generate.decoding(), prompt=cfg.train.prompt) if adapter else cfg.generate.decoding()
         out.append(System(name, adapter, replace(base, **given), samples))
