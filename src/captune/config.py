@@ -314,20 +314,6 @@ _NON_NEGATIVE = {
     "train.epochs", "train.weight_decay", "train.warmup_steps", "train.max_grad_norm", "train.validate_every",
     "train.early_stopping_patience", "train.keep_checkpoints", "data.val_from_train",
 }
-_DECODING_POSITIVE = ("max_new_tokens", "num_beams", "num_return_sequences")
-_DECODING_NON_NEGATIVE = ("min_new_tokens", "top_k", "no_repeat_ngram_size", "temperature", "repetition_penalty")
-
-
-def _check_decoding(d: Decoding, prefix: str) -> None:
-    """The same ranges for the generate section and every system (each error names its own key)."""
-    for key in _DECODING_POSITIVE + _DECODING_NON_NEGATIVE:
-        v = getattr(d, key)
-        if v < 0 or (v == 0 and key in _DECODING_POSITIVE):
-            raise ConfigError(f"config key '{prefix}.{key}': must be {'> 0' if key in _DECODING_POSITIVE else '>= 0'}"
-                              f", got {v!r}")
-    if not 0.0 < d.top_p <= 1.0:
-        raise ConfigError(f"config key '{prefix}.top_p': must be in (0, 1], got {d.top_p}")
-
 
 def _check_ranges(cfg: RunConfig) -> None:
     def get(path: str) -> Any:
@@ -348,7 +334,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'train.max_steps': must be > 0 or null, got {cfg.train.max_steps}")
     if not 0.0 <= cfg.lora.dropout < 1.0:
         raise ConfigError(f"config key 'lora.dropout': must be in [0, 1), got {cfg.lora.dropout}")
-    _check_decoding(cfg.generate, "generate")
+    cfg.generate.check("generate")
     if cfg.data.max_images is not None and cfg.data.max_images <= 0:
         raise ConfigError(f"config key 'data.max_images': must be > 0 or null, got {cfg.data.max_images}")
     if cfg.lora.preset == "custom" and not cfg.lora.target_regex:
@@ -366,7 +352,7 @@ def _check_ranges(cfg: RunConfig) -> None:
             raise ConfigError(f"config key 'eval.systems[{i}].name': duplicate system name {system.name!r}")
         if system.samples < 1:
             raise ConfigError(f"config key 'eval.systems[{i}].samples': must be > 0, got {system.samples!r}")
-        _check_decoding(system.decode, f"eval.systems[{i}]")
+        system.decode.check(f"eval.systems[{i}]")
 
 
 def config_from_dict(data: dict[str, Any] | None) -> RunConfig:

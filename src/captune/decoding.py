@@ -1,6 +1,6 @@
 """How captions are decoded, in one type: `Decoding` is the `generate` section's defaults, every
 `eval.systems` row and what `captune caption` runs; a `System` is a Decoding with a name and an
-adapter switch. No captune imports, so config.py (the bottom layer) and generate/ both use it.
+adapter switch. Only captune.errors imported, so config.py (the bottom layer) and generate/ both use it.
 
 `max_new_tokens` / `min_new_tokens` only: `max_length` counts BLIP-2's query tokens and silently
 shortens captions.
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from typing import Any
+
+from captune.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,17 @@ class Decoding:
     def decoding(self) -> Decoding:
         """Only the decoding keys (a `GenerateConfig` without its batch size)."""
         return Decoding(**{f.name: getattr(self, f.name) for f in fields(Decoding)})
+
+    def check(self, prefix: str) -> None:
+        """The same ranges for the generate section and every system; the error names the key."""
+        at_least_one = ("max_new_tokens", "num_beams", "num_return_sequences")
+        for key in (*at_least_one, "min_new_tokens", "top_k", "no_repeat_ngram_size", "temperature",
+                    "repetition_penalty"):
+            low, v = (1 if key in at_least_one else 0), getattr(self, key)
+            if v < low:
+                raise ConfigError(f"config key '{prefix}.{key}': must be >= {low}, got {v!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"config key '{prefix}.top_p': must be in (0, 1], got {self.top_p}")
 
     @property
     def global_rng(self) -> bool:
