@@ -293,9 +293,6 @@ def _systems(rows: Any, cfg: RunConfig) -> list[System]:
     out = []
     for i, row in enumerate(rows):
         path = f"eval.systems[{i}]"
-        if isinstance(row, System):
-            out.append(row)
-            continue
         if not isinstance(row, dict):
             raise ConfigError(f"config key '{path}': expected a mapping of settings, got {row!r}")
         given = _typed(row, _SYSTEM_KEYS, path)

@@ -83,15 +83,6 @@ class System:
     samples: int = 1
 
 
-PROMPTS: dict[str, str] = {
-    "none": "",
-    "photo": "a photo of",
-    "picture": "a picture of",
-    "question": "Question: what is in this image? Answer:",
-    "detailed": "A detailed description of this image:",
-}
-
-
 def default_systems(generate: Decoding, with_adapter: bool = True, train_prompt: str = "") -> list[System]:
     """The recipe's grid (no `eval.systems`): zero-shot greedy and beam, each prompt, sampling settings, and
     LoRA variants. Each system sets its own prompt and strategy; from `generate` it takes only the caption
@@ -102,8 +93,9 @@ def default_systems(generate: Decoding, with_adapter: bool = True, train_prompt:
         System("zero-shot-greedy", False, base),
         System("zero-shot-beam5", False, replace(base, num_beams=5)),
     ]
-    for key in ("photo", "picture", "question", "detailed"):
-        out.append(System(f"prompt-{key}", False, replace(base, prompt=PROMPTS[key])))
+    prompts = {"photo": "a photo of", "picture": "a picture of", "question": "Question: what is in this image? Answer:",
+               "detailed": "A detailed description of this image:"}
+    out += [System(f"prompt-{key}", False, replace(base, prompt=prompt)) for key, prompt in prompts.items()]
     out += [
         System("sample-nucleus-0.9", False, replace(base, do_sample=True, top_p=0.9, temperature=1.0)),
         System("sample-topk-50", False, replace(base, do_sample=True, top_k=50, temperature=0.7)),

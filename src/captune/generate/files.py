@@ -15,15 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from captune.config import (
-    GenerateConfig,
-    ModelConfig,
-    RunConfig,
-    apply_overrides,
-    config_from_dict,
-    config_to_dict,
-    load_config,
-)
+from captune.config import GenerateConfig, RunConfig, apply_overrides, config_from_dict, config_to_dict, load_config
 from captune.data.records import IMAGE_SUFFIXES
 from captune.errors import ConfigError, DataError
 from captune.progress import Bar
@@ -118,8 +110,8 @@ def caption_images(
 
 
 def _caption_setup(model: str | None, adapter: Path | None, run_cfg: RunConfig | None, record: dict | None,
-                   overrides: list[str], peft_cfg: dict) -> tuple[ModelConfig, GenerateConfig]:
-    """Model section and `generate` section before the explicit arguments: the run config, else the
+                   overrides: list[str], peft_cfg: dict):
+    """The model section and the `generate` section before the explicit arguments: the run config, else the
     adapter's record, else caption's own defaults. An adapter continues its training prompt."""
     from captune.errors import ModelError
 
