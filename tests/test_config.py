@@ -86,7 +86,7 @@ def test_fp16_refused_for_t5() -> None:
 
 def test_systems_parse_and_need_unique_names() -> None:
     cfg = config_from_dict({"eval": {"systems": [{"name": "a", "num_beams": 3}, {"name": "b", "adapter": True}]}})
-    assert cfg.eval.systems[0].num_beams == 3 and cfg.eval.systems[1].adapter
+    assert cfg.eval.systems[0].decode.num_beams == 3 and cfg.eval.systems[1].adapter
     with pytest.raises(ConfigError, match=r"eval\.systems\[1\]\.name"):
         config_from_dict({"eval": {"systems": [{"name": "a"}, {"name": "a"}]}})
     with pytest.raises(ConfigError, match=r"eval\.systems\[0\]\.num_beam"):

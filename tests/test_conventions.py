@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
+from captune.decoding import Decoding
 from captune.generate.captioner import Captioner
-from captune.generate.systems import DecodeSettings
 from captune.model.conventions import caption_end_id, end_token_ids
 from captune.model.presets import build_meta_model, image_processor_settings, real_config
 from captune.model.tiny import TinySpec, build_tiny_blip2
@@ -150,12 +150,12 @@ class _Script:
 
 
 @pytest.mark.parametrize("settings", [
-    DecodeSettings(max_new_tokens=8),
-    DecodeSettings(max_new_tokens=8, num_beams=3),
-    DecodeSettings(max_new_tokens=8, do_sample=True, top_p=0.9, num_return_sequences=2),
-    DecodeSettings(max_new_tokens=8, prompt="a photo of", repetition_penalty=1.3),
+    Decoding(max_new_tokens=8),
+    Decoding(max_new_tokens=8, num_beams=3),
+    Decoding(max_new_tokens=8, do_sample=True, top_p=0.9, num_return_sequences=2),
+    Decoding(max_new_tokens=8, prompt="a photo of", repetition_penalty=1.3),
 ], ids=["greedy", "beam", "sampling", "prompt"])
-def test_opt_systems_stop_at_the_newline(settings: DecodeSettings) -> None:
+def test_opt_systems_stop_at_the_newline(settings: Decoding) -> None:
     """A model that writes "dog\\n cat cat …" gives the caption "dog", as the real checkpoints end at "\\n"."""
     model, processor = build_tiny_blip2(TinySpec(family="opt"))
     tok = processor.tokenizer

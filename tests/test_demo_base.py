@@ -35,8 +35,8 @@ def _captions(base_dir: Path, data_dir: Path, adapter_dir: Path | None = None):
     """Greedy captions of the eval split (val+test), no prompt, adapter off unless given."""
     from captune.config import ModelConfig
     from captune.data import load_dataset
+    from captune.decoding import Decoding
     from captune.generate.captioner import Captioner
-    from captune.generate.systems import DecodeSettings
     from captune.model.adapters import load_adapter
     from captune.model.features import encode_images, pixel_values
     from captune.model.load import load_blip2
@@ -47,7 +47,7 @@ def _captions(base_dir: Path, data_dir: Path, adapter_dir: Path | None = None):
     embeds = encode_images(model, pixel_values([r.path for r in records], loaded.processor.image_processor))
     captioner = Captioner(model, loaded.processor, "opt")
     generate = demo_run_config(data_dir, base_dir, "runs").generate
-    decode = DecodeSettings(prompt=generate.prompt, max_new_tokens=generate.max_new_tokens)
+    decode = Decoding(prompt=generate.prompt, max_new_tokens=generate.max_new_tokens)
     texts = captioner.caption_embeds(embeds, decode, adapter=adapter_dir is not None, batch_size=100)
     return {Path(r.name).stem: t[0] for r, t in zip(records, texts, strict=True)}
 

@@ -173,7 +173,7 @@ def _grid_captions(run: Path, system: str) -> dict[int, str]:
 
 
 def _spy_settings(monkeypatch: pytest.MonkeyPatch) -> list:
-    """The DecodeSettings each `caption_paths` call gets."""
+    """The Decoding each `caption_paths` call gets."""
     from captune.generate.captioner import Captioner
 
     seen: list = []

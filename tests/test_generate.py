@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from captune.config import LoraConfig, ModelConfig
+from captune.decoding import Decoding
 from captune.generate.captioner import Captioner
-from captune.generate.systems import DecodeSettings
 from captune.model.features import encode_images, pixel_values
 from captune.model.load import load_blip2
 from captune.model.lora import apply_lora
@@ -54,7 +54,7 @@ def _words(text: str) -> list[str]:
 def test_equals_hf_generate_without_echo(captioner: Captioner, images: list[str]) -> None:
     proc = captioner.processor
     prompt = "a photo of"
-    settings = DecodeSettings(prompt=prompt, max_new_tokens=8)
+    settings = Decoding(prompt=prompt, max_new_tokens=8)
     ours = captioner.caption_paths(images[:1], settings, adapter=False)[0][0]
     from PIL import Image as PILImage
 
@@ -76,18 +76,18 @@ def test_batched_equals_one_by_one_with_mixed_prompts(captioner: Captioner, imag
     embeds = encode_images(captioner.model, pixel_values(images, proc))
     feats = captioner.lm_inputs(embeds, adapter=True)
     prompts = ["", "a photo of", "Question: what is in this image? Answer:", "a picture of", ""]
-    settings = DecodeSettings(max_new_tokens=8)
+    settings = Decoding(max_new_tokens=8)
     batched = captioner.generate_from_features(feats, settings, True, prompts=prompts)
     single = [captioner.generate_from_features(feats[i:i + 1], settings, True, prompts=[prompts[i]])[0]
               for i in range(len(images))]
     assert batched == single
-    beams = DecodeSettings(max_new_tokens=8, num_beams=3)
+    beams = Decoding(max_new_tokens=8, num_beams=3)
     assert captioner.caption_embeds(embeds, beams, True, batch_size=2) == captioner.caption_embeds(
         embeds, beams, True, batch_size=5)
 
 
 def test_adapter_switch_changes_output_and_is_restored(captioner: Captioner, images: list[str]) -> None:
-    s = DecodeSettings(max_new_tokens=8, prompt="a photo of")
+    s = Decoding(max_new_tokens=8, prompt="a photo of")
     embeds = encode_images(captioner.model, pixel_values(images, captioner.processor.image_processor))
     base1 = captioner.caption_paths(images, s, adapter=False)
     f_base = captioner.lm_inputs(embeds, adapter=False)
@@ -120,9 +120,9 @@ def _generated(captioner: Captioner, fn) -> list[torch.Tensor]:
 def test_decoding_options_act(captioner: Captioner, images: list[str]) -> None:
     tok = captioner.tokenizer
     embeds = encode_images(captioner.model, pixel_values(images, captioner.processor.image_processor))
-    greedy = DecodeSettings(max_new_tokens=10)
+    greedy = Decoding(max_new_tokens=10)
 
-    def run(settings: DecodeSettings, **kw) -> list[list[str]]:
+    def run(settings: Decoding, **kw) -> list[list[str]]:
         return captioner.caption_embeds(embeds, settings, adapter=True, **kw)
 
     base = run(greedy)
@@ -151,7 +151,7 @@ def test_decoding_options_act(captioner: Captioner, images: list[str]) -> None:
                                                                          for c in base)
 
 
-def _generated_ids(captioner: Captioner, embeds: torch.Tensor, settings: DecodeSettings) -> list[tuple]:
+def _generated_ids(captioner: Captioner, embeds: torch.Tensor, settings: Decoding) -> list[tuple]:
     """(LM inputs, generated ids) of each image, recorded from the `generate` call the captioner makes."""
     lm = captioner.blip.language_model
     calls: list[tuple] = []
@@ -194,8 +194,8 @@ def _log_prob(captioner: Captioner, inputs: torch.Tensor, mask: torch.Tensor, id
 def test_beam_search_finds_likelier_captions(captioner: Captioner, images: list[str]) -> None:
     """Beam search (length_penalty 0 = raw log-prob) scores at least as high as greedy under the model."""
     embeds = encode_images(captioner.model, pixel_values(images, captioner.processor.image_processor))
-    greedy = _generated_ids(captioner, embeds, DecodeSettings(max_new_tokens=6))
-    beam = _generated_ids(captioner, embeds, DecodeSettings(max_new_tokens=6, num_beams=4, length_penalty=0.0))
+    greedy = _generated_ids(captioner, embeds, Decoding(max_new_tokens=6))
+    beam = _generated_ids(captioner, embeds, Decoding(max_new_tokens=6, num_beams=4, length_penalty=0.0))
     scores = [(_log_prob(captioner, *g[:2], g[2][0]), _log_prob(captioner, *b[:2], b[2][0]))
               for g, b in zip(greedy, beam, strict=True)]
     assert len(scores) == len(images) and all(lg < 0 for lg, _ in scores)  # real, non-empty captions scored
@@ -227,9 +227,9 @@ def test_shared_image_prefill_gives_identical_captions(captioner: Captioner, ima
         feats = captioner.lm_inputs(embeds, adapter)
         prefix = captioner.prefix_cache(feats, adapter)
         assert (prefix is None) == (captioner.family == "t5")
-        for settings in (DecodeSettings(max_new_tokens=8, prompt="a photo of"),
-                         DecodeSettings(max_new_tokens=8, num_beams=3, num_return_sequences=2),
-                         DecodeSettings(max_new_tokens=8, do_sample=True, temperature=20.0, num_return_sequences=2)):
+        for settings in (Decoding(max_new_tokens=8, prompt="a photo of"),
+                         Decoding(max_new_tokens=8, num_beams=3, num_return_sequences=2),
+                         Decoding(max_new_tokens=8, do_sample=True, temperature=20.0, num_return_sequences=2)):
             plain = captioner.generate_from_features(feats, settings, adapter, seed=5)
             shared = captioner.generate_from_features(feats, settings, adapter, seed=5, prefix=prefix)
             assert plain == shared, settings
@@ -244,7 +244,7 @@ def test_fused_systems_equal_separate_calls(captioner: Captioner, images: list[s
     embeds = encode_images(captioner.model, pixel_values(images, captioner.processor.image_processor))
     feats = captioner.lm_inputs(embeds, adapter=True)
     prefix = captioner.prefix_cache(feats, True)
-    base = DecodeSettings(max_new_tokens=7)
+    base = Decoding(max_new_tokens=7)
     settings = {  # rows per job with 5 images: 5, 10, 5, 5, 15, 15, 10, 5, 30
         "greedy": base,
         "nucleus": replace(base, do_sample=True, top_p=0.9, temperature=1.5, num_return_sequences=2),
@@ -277,11 +277,11 @@ def test_more_captions_than_greedy_or_beams_give_is_a_clear_error(captioner: Cap
 
     embeds = encode_images(captioner.model, pixel_values(images[:2], captioner.processor.image_processor))
     feats = captioner.lm_inputs(embeds, adapter=False)
-    for settings in (DecodeSettings(max_new_tokens=3, num_return_sequences=2),
-                     DecodeSettings(max_new_tokens=3, num_beams=2, num_return_sequences=3)):
+    for settings in (Decoding(max_new_tokens=3, num_return_sequences=2),
+                     Decoding(max_new_tokens=3, num_beams=2, num_return_sequences=3)):
         with pytest.raises(ConfigError, match="num_return_sequences"):
             captioner.generate_from_features(feats, settings, False)
-    two = captioner.generate_from_features(feats, DecodeSettings(max_new_tokens=3, num_beams=2,
+    two = captioner.generate_from_features(feats, Decoding(max_new_tokens=3, num_beams=2,
                                                                  num_return_sequences=2), False)
     assert [len(c) for c in two] == [2, 2]
 

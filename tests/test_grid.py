@@ -14,7 +14,6 @@ import pytest
 
 from captune.config import load_config
 from captune.generate.captioner import Captioner
-from captune.generate.systems import system_from
 from captune.grid.run import run_grid
 from captune.model.adapters import load_adapter
 from captune.model.load import load_blip2
@@ -98,8 +97,7 @@ def test_grid_equals_independent_runs(trained_run: Path) -> None:
     loaded = load_blip2(cfg.model)
     captioner = Captioner(load_adapter(loaded.model, adapter), loaded.processor, loaded.family)
     paths = [r.path for r in records]
-    for sc in cfg.eval.systems:
-        system = system_from(sc, cfg.generate, cfg.train.prompt)
+    for system in cfg.eval.systems:
         if system.decode.do_sample:  # sample k draws with seed + 1000 k, batch by batch as the grid does
             for k, name in enumerate([system.name] + [f"{system.name}.sample-{j}" for j in range(1, system.samples)]):
                 settings = replace(system.decode, seed=system.decode.seed + 1000 * k)

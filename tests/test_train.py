@@ -67,8 +67,8 @@ def test_cached_and_uncached_losses_agree(family: str, tiny_model_dirs, colour_d
 @pytest.mark.parametrize("family", ["opt", "t5"])
 def test_loss_falls_and_greedy_reproduces_training_captions(family: str, tiny_model_dirs, colour_data: Path,
                                                             tmp_path: Path) -> None:
+    from captune.decoding import Decoding
     from captune.generate.captioner import Captioner
-    from captune.generate.systems import DecodeSettings
     from captune.model.adapters import load_adapter
 
     cfg = tiny_train_config(tiny_model_dirs[family], colour_data, tmp_path, "mem", "train.max_steps=400",
@@ -81,7 +81,7 @@ def test_loss_falls_and_greedy_reproduces_training_captions(family: str, tiny_mo
     model = load_adapter(loaded.model, result.run_dir / "adapter")
     records = load_dataset(colour_data).select("train")
     captions = Captioner(model, loaded.processor, family).caption_paths(
-        [r.path for r in records], DecodeSettings(max_new_tokens=40), adapter=True)
+        [r.path for r in records], Decoding(max_new_tokens=40), adapter=True)
     want = [CAPTIONS[r.path.stem.rstrip("0123456789")] for r in records]
     assert sum(c[0] == w for c, w in zip(captions, want, strict=True)) >= 3, captions
 

@@ -15,13 +15,14 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
 from captune.cache import cache_path
+from captune.decoding import Decoding, System
 from captune.errors import ConfigError
 
 
@@ -119,51 +120,22 @@ class TrainConfig:
         return cache_path("features")
 
 
-@dataclass
-class GenerateConfig:
-    """Default decoding settings for `captune caption` and for systems that do not override them."""
+@dataclass(frozen=True)
+class GenerateConfig(Decoding):
+    """The `generate` section: the default `Decoding` plus how many images go through one `generate` call.
 
-    prompt: str = ""
-    max_new_tokens: int = 30
-    min_new_tokens: int = 0
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    do_sample: bool = False
-    top_p: float = 1.0
-    top_k: int = 0
-    temperature: float = 1.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    num_return_sequences: int = 1
+    `captune caption` runs it; an `eval.systems` row takes every key it does not set from it (an adapter
+    row without a prompt continues train.prompt). The default grid (no eval.systems) takes only
+    max_new_tokens, min_new_tokens and seed from it: its systems set their own prompt and strategy."""
+
     batch_size: int = 32
-    seed: int = 0
-
-
-@dataclass
-class SystemConfig:
-    """One row of the evaluation grid: a name, base or adapted, and its decoding overrides."""
-
-    name: str = ""
-    adapter: bool = False
-    prompt: str | None = None
-    max_new_tokens: int | None = None
-    min_new_tokens: int | None = None
-    num_beams: int | None = None
-    length_penalty: float | None = None
-    do_sample: bool | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    temperature: float | None = None
-    repetition_penalty: float | None = None
-    no_repeat_ngram_size: int | None = None
-    samples: int = 1
 
 
 @dataclass
 class EvalConfig:
     """The baseline grid and how it is scored."""
 
-    systems: list[SystemConfig] | None = None
+    systems: list[System] | None = None  # YAML: name, adapter, samples and any generate key but batch_size
     reference_system: str = "zero-shot-greedy"
     metrics: list[str] = field(default_factory=lambda: ["coco", "rouge", "nltk", "diversity"])
     bootstrap_samples: int = 1000
@@ -283,36 +255,62 @@ REMOVED_KEYS = {
 """Keys earlier versions accepted but never read: a config naming one gets a line saying so, not a typo hint."""
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
+def _check_key(key: Any, names: list[str], prefix: str) -> str:
+    """The key's full path, or a one-line error naming it (a removed key, or a typo with the nearest name)."""
+    path = f"{prefix}.{key}" if prefix else str(key)
+    if path in REMOVED_KEYS:
+        raise ConfigError(f"config key '{path}' was removed (nothing read it: {REMOVED_KEYS[path]}); "
+                          "delete it from the config")
+    if key not in names:
+        near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+        hint = f"; did you mean '{prefix + '.' if prefix else ''}{near[0]}'?" if near else ""
+        raise ConfigError(f"unknown config key '{path}'{hint} (valid keys here: {', '.join(names)})")
+    return path
+
+
+def _typed(data: dict[str, Any], hints: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """`data` with each value checked against its key's annotation in `hints`; unknown keys refused."""
+    out = {}
     for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if path in REMOVED_KEYS:
-            raise ConfigError(f"config key '{path}' was removed (nothing read it: {REMOVED_KEYS[path]}); "
-                              "delete it from the config")
-        if key not in names:
-            near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f"; did you mean '{prefix + '.' if prefix else ''}{near[0]}'?" if near else ""
-            valid = ", ".join(names)
-            raise ConfigError(f"unknown config key '{path}'{hint} (valid keys here: {valid})")
-        kwargs[key] = _coerce(value, hints[key], path)
-    return cls(**kwargs)
+        path = _check_key(key, list(hints), prefix)
+        out[key] = _coerce(value, hints[key], path)
+    return out
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    return cls(**_typed(data, typing.get_type_hints(cls), prefix))
+
+
+_SYSTEM_KEYS = {"name": str, "adapter": bool, "samples": int, **typing.get_type_hints(Decoding)}
+
+
+def _systems(rows: Any, cfg: RunConfig) -> list[System]:
+    """`eval.systems` rows as written (name, adapter, samples, and the decoding keys a row sets) as Systems:
+    keys a row does not set come from `generate`; an adapter row without a prompt continues train.prompt."""
+    if not isinstance(rows, list):
+        raise ConfigError(f"config key 'eval.systems': expected a list of mappings (name, adapter, decoding "
+                          f"keys), got {rows!r}")
+    out = []
+    for i, row in enumerate(rows):
+        path = f"eval.systems[{i}]"
+        if not isinstance(row, dict):
+            raise ConfigError(f"config key '{path}': expected a mapping of settings, got {row!r}")
+        given = _typed(row, _SYSTEM_KEYS, path)
+        name, adapter, samples = given.pop("name", ""), given.pop("adapter", False), given.pop("samples", 1)
+        base = replace(cfg.generate.decoding(), prompt=cfg.train.prompt) if adapter else cfg.generate.decoding()
+        out.append(System(name, adapter, replace(base, **given), samples))
+    return out
 
 
 _POSITIVE = {
     "train.batch_size", "train.grad_accum", "train.lr", "train.max_caption_tokens", "train.checkpoint_every",
-    "train.max_bad_steps", "train.val_max_images", "generate.max_new_tokens", "generate.num_beams",
-    "generate.batch_size", "generate.num_return_sequences", "lora.r", "lora.alpha", "eval.bootstrap_samples",
+    "train.max_bad_steps", "train.val_max_images", "generate.batch_size", "lora.r", "lora.alpha",
+    "eval.bootstrap_samples",
 }
 _NON_NEGATIVE = {
     "train.epochs", "train.weight_decay", "train.warmup_steps", "train.max_grad_norm", "train.validate_every",
-    "train.early_stopping_patience", "train.keep_checkpoints", "generate.min_new_tokens",
-    "generate.top_k", "generate.no_repeat_ngram_size", "generate.temperature", "generate.repetition_penalty",
-    "data.val_from_train",
+    "train.early_stopping_patience", "train.keep_checkpoints", "data.val_from_train",
 }
-
 
 def _check_ranges(cfg: RunConfig) -> None:
     def get(path: str) -> Any:
@@ -333,8 +331,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'train.max_steps': must be > 0 or null, got {cfg.train.max_steps}")
     if not 0.0 <= cfg.lora.dropout < 1.0:
         raise ConfigError(f"config key 'lora.dropout': must be in [0, 1), got {cfg.lora.dropout}")
-    if not 0.0 < cfg.generate.top_p <= 1.0:
-        raise ConfigError(f"config key 'generate.top_p': must be in (0, 1], got {cfg.generate.top_p}")
+    cfg.generate.check("generate")
     if cfg.data.max_images is not None and cfg.data.max_images <= 0:
         raise ConfigError(f"config key 'data.max_images': must be > 0 or null, got {cfg.data.max_images}")
     if cfg.lora.preset == "custom" and not cfg.lora.target_regex:
@@ -344,27 +341,27 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError("config key 'model.dtype': fp16 overflows in T5 (NaN losses); use bf16 or fp32")
     if cfg.model.family == "t5" and cfg.train.precision == "fp16":
         raise ConfigError("config key 'train.precision': fp16 overflows in T5 (NaN losses); use bf16 or fp32")
-    if cfg.eval.systems is not None:
-        seen = set()
-        for i, system in enumerate(cfg.eval.systems):
-            if not system.name:
-                raise ConfigError(f"config key 'eval.systems[{i}].name': every system needs a name")
-            if system.name in seen:
-                raise ConfigError(f"config key 'eval.systems[{i}].name': duplicate system name {system.name!r}")
-            seen.add(system.name)
-            for key in ("num_beams", "max_new_tokens", "samples", "min_new_tokens", "top_k", "temperature",
-                        "no_repeat_ngram_size", "repetition_penalty"):
-                v = getattr(system, key)
-                low = 1 if key in ("num_beams", "max_new_tokens", "samples") else 0
-                if v is not None and v < low:
-                    raise ConfigError(f"config key 'eval.systems[{i}].{key}': must be >= {low}, got {v!r}")
-            if system.top_p is not None and not 0.0 < system.top_p <= 1.0:
-                raise ConfigError(f"config key 'eval.systems[{i}].top_p': must be in (0, 1], got {system.top_p}")
+    names = [system.name for system in cfg.eval.systems or []]
+    for i, system in enumerate(cfg.eval.systems or []):
+        if not system.name:
+            raise ConfigError(f"config key 'eval.systems[{i}].name': every system needs a name")
+        if system.name in names[:i]:
+            raise ConfigError(f"config key 'eval.systems[{i}].name': duplicate system name {system.name!r}")
+        if system.samples < 1:
+            raise ConfigError(f"config key 'eval.systems[{i}].samples': must be > 0, got {system.samples!r}")
+        system.decode.check(f"eval.systems[{i}]")
 
 
 def config_from_dict(data: dict[str, Any] | None) -> RunConfig:
     """Build and validate a RunConfig; raise ConfigError naming the key on any problem."""
-    cfg = _build(RunConfig, data or {})
+    data = dict(data or {})
+    rows = None
+    if isinstance(data.get("eval"), dict) and "systems" in data["eval"]:  # resolved once generate is built
+        data["eval"] = dict(data["eval"])
+        rows = data["eval"].pop("systems")
+    cfg = _build(RunConfig, data)
+    if rows is not None:
+        cfg.eval.systems = _systems(rows, cfg)
     _check_ranges(cfg)
     return cfg
 
@@ -467,7 +464,12 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as YAML spells it: each system one flat mapping, its decoding spelled out."""
+    data = dataclasses.asdict(cfg)
+    if cfg.eval.systems is not None:
+        data["eval"]["systems"] = [{"name": s.name, "adapter": s.adapter, **dataclasses.asdict(s.decode),
+                                    "samples": s.samples} for s in cfg.eval.systems]
+    return data
 
 
 def dump_config(cfg: RunConfig, path: str | os.PathLike[str]) -> None:

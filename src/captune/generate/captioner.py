@@ -18,14 +18,13 @@ from typing import Any
 
 import torch
 
+from captune.decoding import Decoding
 from captune.errors import ConfigError
-from captune.generate.systems import DecodeSettings
-from captune.model.conventions import end_token_ids
+from captune.model.conventions import end_token_ids, prompt_ids
 from captune.model.features import encode_images, query_features, unwrap
-from captune.train.batches import CaptionCollator
 
 
-def seeded_sampling(settings: DecodeSettings, seed: int):
+def seeded_sampling(settings: Decoding, seed: int):
     """transformers' temperature / top-k / top-p warpers, then a draw from `torch.Generator(seed)`: a
     processor list for `generate(do_sample=False)`, whose argmax then picks the drawn token. (transformers'
     own sampling draws from torch's global generator and takes no generator argument.)"""
@@ -58,7 +57,7 @@ class _Draw:
         return torch.full_like(scores, float("-inf")).scatter_(1, chosen, 0.0)
 
 
-def _row_processors(settings: DecodeSettings, seed: int) -> list:
+def _row_processors(settings: Decoding, seed: int) -> list:
     """A greedy or sampled system's own logits processing (penalties, then warpers + draw when sampling).
     Applied to its rows only, so systems with other settings can share one `generate` call. transformers
     applies the same penalties before its -inf masks (min_new_tokens, suppress_tokens); both orders give the
@@ -90,7 +89,7 @@ class _PerRows:
         return scores
 
 
-def _rows(images: int, settings: DecodeSettings) -> int:
+def _rows(images: int, settings: Decoding) -> int:
     """Rows a job decodes: one per beam, or per sampled caption."""
     if settings.num_beams > 1:
         return images * settings.num_beams
@@ -102,7 +101,7 @@ class DecodeJob:
     """One system's captions for one batch: LM inputs in one adapter state, decoding settings, seed."""
 
     features: torch.Tensor
-    settings: DecodeSettings
+    settings: Decoding
     adapter: bool
     seed: int | None = None
     prefix: Any = None  # Captioner.prefix_cache(features, adapter): the image positions' keys/values
@@ -151,7 +150,7 @@ class Captioner:
         """BOS/prompt ids of each row; each distinct prompt tokenised once per Captioner."""
         for p in prompts:
             if p not in self._prompt_ids:
-                self._prompt_ids[p] = CaptionCollator(self.tokenizer, self.family, 0, 0, p).prompt_ids()
+                self._prompt_ids[p] = prompt_ids(self.tokenizer, self.family, p)
         return [self._prompt_ids[p] for p in prompts]
 
     @torch.no_grad()
@@ -167,7 +166,7 @@ class Captioner:
         return out.past_key_values
 
     @torch.no_grad()
-    def generate_from_features(self, features: torch.Tensor, settings: DecodeSettings, adapter: bool,
+    def generate_from_features(self, features: torch.Tensor, settings: Decoding, adapter: bool,
                                prompts: Sequence[str] | None = None, seed: int | None = None,
                                prefix=None) -> list[list[str]]:
         """Captions for a batch of LM image inputs; returns `num_return_sequences` strings per image.
@@ -316,7 +315,7 @@ class Captioner:
         return results
 
     @torch.no_grad()
-    def caption_embeds(self, image_embeds: torch.Tensor, settings: DecodeSettings, adapter: bool,
+    def caption_embeds(self, image_embeds: torch.Tensor, settings: Decoding, adapter: bool,
                        batch_size: int = 32, seed: int | None = None) -> list[list[str]]:
         out: list[list[str]] = []
         for start in range(0, image_embeds.shape[0], batch_size):
@@ -326,7 +325,7 @@ class Captioner:
         return out
 
     @torch.no_grad()
-    def caption_paths(self, paths: Sequence[str], settings: DecodeSettings, adapter: bool,
+    def caption_paths(self, paths: Sequence[str], settings: Decoding, adapter: bool,
                       batch_size: int = 32, progress: Callable[[int], None] | None = None) -> list[list[str]]:
         """Open, preprocess, encode and caption image files; `progress(n)` after each batch of n."""
         from captune.model.features import pixel_values

@@ -18,7 +18,6 @@ from pathlib import Path
 from captune.config import GenerateConfig, RunConfig, apply_overrides, config_from_dict, config_to_dict, load_config
 from captune.data.records import IMAGE_SUFFIXES
 from captune.errors import ConfigError, DataError
-from captune.generate.systems import DecodeSettings
 from captune.progress import Bar
 
 
@@ -91,12 +90,12 @@ def caption_images(
     else:
         run_cfg = load_config(config, overrides) if config is not None else None
     record = read_adapter_record(adapter_dir) if adapter_dir else None
-    model_cfg, settings, bs = _caption_setup(model, adapter_dir, run_cfg, record, overrides,
-                                            read_adapter_config(adapter_dir) if adapter_dir else {})
+    model_cfg, gen = _caption_setup(model, adapter_dir, run_cfg, record, overrides,
+                                    read_adapter_config(adapter_dir) if adapter_dir else {})
     changes = {k: v for k, v in (("prompt", prompt), ("num_beams", num_beams), ("max_new_tokens", max_new_tokens),
                                  ("do_sample", sample), ("top_p", top_p), ("num_return_sequences", num_captions))
                if v is not None}
-    settings = replace(settings, **changes)
+    settings = replace(gen.decoding(), **changes)
     n = settings.num_return_sequences
     if n > 1 and not settings.do_sample and settings.num_beams < n:
         raise ConfigError(f"--num-captions {n} needs --sample or --num-beams >= {n}")
@@ -106,16 +105,15 @@ def caption_images(
     captioner = Captioner(net, loaded.processor, loaded.family)
     with Bar("captions", len(paths), progress) as bar:
         captions = captioner.caption_paths([str(p) for p in paths], settings, adapter=adapter_dir is not None,
-                                           batch_size=batch_size or bs, progress=bar.advance)
+                                           batch_size=batch_size or gen.batch_size, progress=bar.advance)
     return CaptionedImages(paths, captions, str(captioner.device), model_cfg.dtype)
 
 
 def _caption_setup(model: str | None, adapter: Path | None, run_cfg: RunConfig | None, record: dict | None,
                    overrides: list[str], peft_cfg: dict):
-    """Model section, decoding and batch size before the explicit arguments: the run config, else the
-    adapter's record, else caption's own defaults."""
+    """The model section and the `generate` section before the explicit arguments: the run config, else the
+    adapter's record, else caption's own defaults. An adapter continues its training prompt."""
     from captune.errors import ModelError
-    from captune.generate.systems import settings_from
 
     if run_cfg is not None:
         model_data = dataclasses.asdict(run_cfg.model)
@@ -145,7 +143,6 @@ def _caption_setup(model: str | None, adapter: Path | None, run_cfg: RunConfig |
         model_cfg = config_from_dict(apply_overrides(data, overrides)).model
     if gen is None:
         gen = GenerateConfig(top_p=0.9, batch_size=16)  # caption's own defaults (nucleus 0.9 when sampling)
-    settings: DecodeSettings = settings_from(gen)
     if adapter is not None and train_prompt is not None:
-        settings = replace(settings, prompt=train_prompt)
-    return model_cfg, settings, gen.batch_size
+        gen = replace(gen, prompt=train_prompt)
+    return model_cfg, gen

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from captune.config import RunConfig, dump_config
+from captune.decoding import System, default_systems
 from captune.env import environment_info
 from captune.errors import DataError, UserError
 from captune.faults import maybe_kill
-from captune.generate.systems import System, default_systems, system_from
 from captune.io import atomic_write_json, atomic_write_text
 from captune.progress import Bar
 
@@ -44,13 +44,12 @@ class GridResult:
 
 
 def resolve_systems(cfg: RunConfig, with_adapter: bool) -> list[System]:
-    if cfg.eval.systems:
-        systems = [system_from(s, cfg.generate, cfg.train.prompt) for s in cfg.eval.systems]
-        if not with_adapter and any(s.adapter for s in systems):
-            names = ", ".join(s.name for s in systems if s.adapter)
-            raise UserError(f"systems {names} need an adapter; train first or pass --adapter DIR")
-        return systems
-    return default_systems(cfg.generate, with_adapter=with_adapter, train_prompt=cfg.train.prompt)
+    """`eval.systems` (each with its full decoding, resolved by config.py), else the recipe's default grid."""
+    systems = cfg.eval.systems or default_systems(cfg.generate, with_adapter, cfg.train.prompt)
+    if not with_adapter and any(s.adapter for s in systems):
+        names = ", ".join(s.name for s in systems if s.adapter)
+        raise UserError(f"systems {names} need an adapter; train first or pass --adapter DIR")
+    return systems
 
 
 def read_predictions(path: Path, image_ids: list[int]) -> dict[int, str] | None:

@@ -1,4 +1,5 @@
-"""Where a caption ends, in one place: the token training targets end with and the tokens decoding stops on.
+"""Where a caption starts and ends, in one place: the prompt ids decoding starts from and training puts
+before a target, the token training targets end with and the tokens decoding stops on.
 
 The published BLIP-2 OPT checkpoints end a caption with "\\n" (`text_config.eos_token_id` 50118, set by
 transformers' conversion script as LAVIS trains and decodes them), while OPT's tokenizer says `</s>`.
@@ -30,6 +31,14 @@ def caption_end_id(tokenizer, family: str) -> int:
         raise ModelError(f"the OPT tokenizer encodes '\\n' as {len(ids)} tokens ({ids}), not one; "
                          "captune needs a byte-level BPE vocabulary where '\\n' is a single token")
     return int(ids[0])
+
+
+def prompt_ids(tokenizer, family: str, prompt: str) -> list[int]:
+    """Where a caption starts: BOS + prompt for OPT, prompt + `</s>` (the encoder input) for T5. Decoding
+    starts from these ids and training puts them before every target (`CaptionCollator`)."""
+    prompt = prompt.strip()
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    return [tokenizer.bos_token_id, *ids] if family == "opt" else [*ids, tokenizer.eos_token_id]
 
 
 def end_token_ids(blip, tokenizer, family: str) -> list[int]:

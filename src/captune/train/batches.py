@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from captune.model.conventions import caption_end_id
+from captune.model.conventions import caption_end_id, prompt_ids
 
 IGNORE = -100
 
@@ -70,11 +70,11 @@ class CaptionCollator:
         self.max_caption_tokens = max_caption_tokens
         self.padding_side = padding_side
         self.pad_id = tokenizer.pad_token_id
-        self.eos_id = tokenizer.eos_token_id
         # OPT targets end with "\n" as LAVIS trains them: the published checkpoints' EOS, so a fine-tuned
         # model ends a caption exactly where its zero-shot base does (decoding stops on both "\n" and </s>).
         self.end_id = caption_end_id(tokenizer, family)
         self._prompt_ids = self._encode(self.prompt) if self.prompt else []
+        self._context = prompt_ids(tokenizer, family, prompt)
         self._caption_cache: dict[str, list[int]] = {}
 
     def _encode(self, text: str) -> list[int]:
@@ -82,9 +82,7 @@ class CaptionCollator:
 
     def prompt_ids(self) -> list[int]:
         """The inputs before the caption (without image tokens): what generation starts from."""
-        if self.family == "opt":
-            return [self.tok.bos_token_id, *self._prompt_ids]
-        return [*self._prompt_ids, self.eos_id]
+        return self._context
 
     def caption_ids(self, caption: str) -> list[int]:
         """Target ids of a caption (tokenised once per distinct caption: each is seen every epoch)."""

@@ -515,17 +515,14 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
 
 
 def validate(model, captioner, collator, records, keys, store, image_processor, cfg: RunConfig, device) -> dict:
-    """Validation loss and greedy BLEU-4 + CIDEr on the val images (LAVIS selects on CIDEr + BLEU-4)."""
-    from captune.generate.systems import DecodeSettings
-    from captune.metrics.coco import Bleu, Cider
-    from captune.metrics.tokenize import tokenize_captions
+    """Validation loss on the val images, then their greedy captions' BLEU-4 + CIDEr (grid/validate.py)."""
+    from captune.grid.validate import validation_scores
 
     model.eval()
-    total, count = 0.0, 0
-    captions: list[str] = []
+    loss = [0.0, 0]  # summed token loss, target tokens
     bs = cfg.generate.batch_size
-    settings = DecodeSettings(prompt=cfg.train.prompt, max_new_tokens=cfg.generate.max_new_tokens)
-    with torch.no_grad():
+
+    def batches():  # each batch's vision features, once its loss is added
         for start in range(0, len(records), bs):
             chunk = records[start:start + bs]
             if store is not None:
@@ -536,21 +533,14 @@ def validate(model, captioner, collator, records, keys, store, image_processor, 
                 rows = [(i, r.refs[k]) for i, r in enumerate(chunk) if k < len(r.refs)]
                 batch = collator([c for _, c in rows]).to(device)
                 loss_sum, n = forward_loss_sum(model, batch, embeds[[i for i, _ in rows]])
-                total += float(loss_sum)
-                count += n
-            feats = captioner.lm_inputs(embeds, adapter=True)
-            captions.extend(c[0] for c in captioner.generate_from_features(feats, settings, adapter=True))
+                loss[0] += float(loss_sum)
+                loss[1] += n
+            yield embeds
+
+    with torch.no_grad():
+        scores = validation_scores(captioner, records, batches(), cfg.train.prompt, cfg.generate.max_new_tokens)
     model.train()
-    texts = captions + [ref for r in records for ref in r.refs]
-    tokenized, _ = tokenize_captions(texts)
-    res = {i: [tokenized[i]] for i in range(len(records))}
-    gts, pos = {}, len(records)
-    for i, r in enumerate(records):
-        gts[i] = tokenized[pos:pos + len(r.refs)]
-        pos += len(r.refs)
-    bleu4 = Bleu(4).compute_score(gts, res)[0][3]
-    cider = Cider().compute_score(gts, res)[0]
-    return {"val_loss": total / max(1, count), "val_bleu4": bleu4, "val_cider": cider, "val_score": bleu4 + cider}
+    return {"val_loss": loss[0] / max(1, loss[1]), **scores}
 
 
 class _nullcontext:

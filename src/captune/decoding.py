@@ -1,4 +1,6 @@
-"""Named decoding systems: a prompt, a decoding strategy, and whether the LoRA adapter is on.
+"""How captions are decoded, in one type: `Decoding` is the `generate` section's defaults, every
+`eval.systems` row and what `captune caption` runs; a `System` is a Decoding with a name and an
+adapter switch. Only captune.errors imported, so config.py (the bottom layer) and generate/ both use it.
 
 `max_new_tokens` / `min_new_tokens` only: `max_length` counts BLIP-2's query tokens and silently
 shortens captions.
@@ -9,19 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from captune.config import GenerateConfig, SystemConfig
-
-PROMPTS: dict[str, str] = {
-    "none": "",
-    "photo": "a photo of",
-    "picture": "a picture of",
-    "question": "Question: what is in this image? Answer:",
-    "detailed": "A detailed description of this image:",
-}
+from captune.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class DecodeSettings:
+class Decoding:
+    """A prompt and a decoding strategy (the arguments of transformers' `generate`, plus the seed)."""
+
     prompt: str = ""
     max_new_tokens: int = 30
     min_new_tokens: int = 0
@@ -35,6 +31,21 @@ class DecodeSettings:
     no_repeat_ngram_size: int = 0
     num_return_sequences: int = 1
     seed: int = 0
+
+    def decoding(self) -> Decoding:
+        """Only the decoding keys (a `GenerateConfig` without its batch size)."""
+        return Decoding(**{f.name: getattr(self, f.name) for f in fields(Decoding)})
+
+    def check(self, prefix: str) -> None:
+        """The same ranges for the generate section and every system; the error names the key."""
+        at_least_one = ("max_new_tokens", "num_beams", "num_return_sequences")
+        for key in (*at_least_one, "min_new_tokens", "top_k", "no_repeat_ngram_size", "temperature",
+                    "repetition_penalty"):
+            low, v = (1 if key in at_least_one else 0), getattr(self, key)
+            if v < low:
+                raise ConfigError(f"config key '{prefix}.{key}': must be >= {low}, got {v!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"config key '{prefix}.top_p': must be in (0, 1], got {self.top_p}")
 
     @property
     def global_rng(self) -> bool:
@@ -64,37 +75,27 @@ class DecodeSettings:
 
 @dataclass(frozen=True)
 class System:
+    """One row of the evaluation grid: a name, base or adapted, its decoding, and how many seeded samples."""
+
     name: str
     adapter: bool
-    decode: DecodeSettings
+    decode: Decoding
     samples: int = 1
 
 
-def settings_from(gen: GenerateConfig) -> DecodeSettings:
-    names = {f.name for f in fields(DecodeSettings)}
-    return DecodeSettings(**{k: getattr(gen, k) for k in names})
-
-
-def system_from(cfg: SystemConfig, defaults: GenerateConfig, train_prompt: str | None = None) -> System:
-    """An adapter system that names no prompt continues `train_prompt` (what the adapter learned), as
-    the default grid's LoRA rows and `captune caption --adapter` do; a base system gets `generate.prompt`."""
-    base = settings_from(defaults)
-    if cfg.adapter and train_prompt is not None:
-        base = replace(base, prompt=train_prompt)
-    overrides = {f.name: getattr(cfg, f.name) for f in fields(SystemConfig)
-                 if f.name in {g.name for g in fields(DecodeSettings)} and getattr(cfg, f.name) is not None}
-    return System(cfg.name, cfg.adapter, replace(base, **overrides), cfg.samples)
-
-
-def default_systems(defaults: GenerateConfig, with_adapter: bool = True, train_prompt: str = "") -> list[System]:
-    """The recipe's grid: zero-shot greedy and beam, each prompt, sampling settings, and LoRA variants."""
-    base = replace(settings_from(defaults), prompt="", num_beams=1, do_sample=False)
+def default_systems(generate: Decoding, with_adapter: bool = True, train_prompt: str = "") -> list[System]:
+    """The recipe's grid (no `eval.systems`): zero-shot greedy and beam, each prompt, sampling settings, and
+    LoRA variants. Each system sets its own prompt and strategy; from `generate` it takes only the caption
+    length (max_new_tokens, min_new_tokens) and the sampling seed."""
+    base = Decoding(max_new_tokens=generate.max_new_tokens, min_new_tokens=generate.min_new_tokens,
+                    seed=generate.seed)
     out = [
         System("zero-shot-greedy", False, base),
         System("zero-shot-beam5", False, replace(base, num_beams=5)),
     ]
-    for key in ("photo", "picture", "question", "detailed"):
-        out.append(System(f"prompt-{key}", False, replace(base, prompt=PROMPTS[key])))
+    prompts = {"photo": "a photo of", "picture": "a picture of", "question": "Question: what is in this image? Answer:",
+               "detailed": "A detailed description of this image:"}
+    out += [System(f"prompt-{key}", False, replace(base, prompt=prompt)) for key, prompt in prompts.items()]
     out += [
         System("sample-nucleus-0.9", False, replace(base, do_sample=True, top_p=0.9, temperature=1.0)),
         System("sample-topk-50", False, replace(base, do_sample=True, top_k=50, temperature=0.7)),
