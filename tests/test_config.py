@@ -130,5 +130,7 @@ def test_shipped_configs_are_valid() -> None:
                                        "coco-karpathy-blip2-opt-2.7b.yaml"}
     for f in files:
         cfg = load_config(f)
+        if f.name == "demo.yaml":  # the demo's recipe fills in its cached base and data (tests/test_demo.py)
+            continue
         assert known_name(cfg.model.name_or_path), f
         assert cfg.lora.preset == "qformer+lm"
