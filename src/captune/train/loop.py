@@ -1,10 +1,8 @@
 """The LoRA training recipe: plain PyTorch on `accelerate` (one process or DDP; see train/distributed.py).
 
 Kept visible instead of HF `Trainer` because the feature store, exact resume and the label rules
-are ours. Laid out like torchtune's recipe classes: `setup()` builds everything, `train_step()` is one
-optimizer step, `validate()` keeps the best adapter, `save_checkpoint()` / `resume()` make a killed run
-end with the same tensors, `finish()` writes the adapter and summary. Data order is a pure function of
-(seed, epoch), so resuming needs only the position.
+are ours; laid out like torchtune's recipe classes. Data order is a pure function of (seed, epoch),
+so resuming needs only the position.
 """
 
 from __future__ import annotations
@@ -19,25 +17,21 @@ from typing import Any
 import torch
 
 from captune.config import RunConfig, config_to_dict, dump_config
+from captune.data import load_dataset_from_config
+from captune.data.selection import plan_selection
 from captune.env import environment_info
 from captune.errors import ConfigError, UserError
 from captune.faults import maybe_kill, nonfinite_loss
-from captune.io import atomic_write_json
+from captune.io import atomic_directory, atomic_write_json
+from captune.model.adapters import adapter_record, save_adapter
+from captune.model.device import make_accelerator, model_device, resolve_device
 from captune.model.features import encode_images, pixel_values
-from captune.model.lora import summarize_parameters
+from captune.model.lora import apply_lora, summarize_parameters
 from captune.progress import Bar
 from captune.train import checkpoint
 from captune.train.batches import CaptionCollator
 from captune.train.distributed import refuse_unsupported_launch
-from captune.train.setup import (
-    Logger,
-    check_feature_cache,
-    check_precision,
-    check_run_dir,
-    family_hint,
-    feature_store,
-    prepare_images,
-)
+from captune.train.setup import Logger, check_config, check_precision, feature_store, prepare_images
 from captune.train.steps import augment, epoch_pairs, forward_loss_sum, lr_lambda, validation
 
 PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -79,13 +73,8 @@ class LoRARecipe:
         self.last_loss: float | None = None
         self.logger: Logger | None = None
 
-    # ------------------------------------------------------------------------------------------- setup
-
     def setup(self, resume: bool = False, dataset=None) -> None:
         """Accelerator, data selection, model + LoRA, feature store, optimizer/scheduler, resume, log."""
-        from captune.data import load_dataset_from_config
-        from captune.data.selection import plan_selection
-
         self._setup_accelerator(resume)
         dataset = dataset if dataset is not None else load_dataset_from_config(self.cfg.data)
         self.selection = plan_selection(self.cfg, dataset)  # refuses validation images that are also evaluated
@@ -109,11 +98,8 @@ class LoRARecipe:
                    else ""))
 
     def _setup_accelerator(self, resume: bool) -> None:
-        from captune.model.device import make_accelerator, resolve_device
-
         cfg, tc = self.cfg, self.tc
-        check_precision(cfg, family_hint(cfg))
-        check_run_dir(self.run_dir, resume)
+        check_config(cfg, resume)
         self.accelerator = make_accelerator(cfg.model.device, PRECISION[tc.precision])
         self.device = resolve_device(cfg.model.device, self.accelerator)
         refuse_unsupported_launch(self.accelerator.distributed_type)
@@ -121,7 +107,6 @@ class LoRARecipe:
         if tc.batch_size % self.world:
             raise ConfigError(f"config key 'train.batch_size': {tc.batch_size} is not divisible by {self.world} "
                               "processes")
-        check_feature_cache(cfg)
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
@@ -129,10 +114,7 @@ class LoRARecipe:
     def _setup_model(self) -> None:
         from accelerate.utils import set_seed
 
-        from captune.model.adapters import adapter_record
-        from captune.model.device import model_device
         from captune.model.load import BUILD_LOCK, load_blip2
-        from captune.model.lora import apply_lora
 
         cfg, tc = self.cfg, self.tc
         # BUILD_LOCK (the one place training takes it): the model is seeded and built with no other
@@ -167,8 +149,7 @@ class LoRARecipe:
         self.records, self.keys = [records[i] for i in usable], [keys[i] for i in usable]
         if not self.records:
             raise UserError(f"{cfg.data.path}: no readable training images; run `captune data check` on it")
-        self.val_records: list = []
-        self.val_keys: list[str] = []
+        self.val_records, self.val_keys = [], []
         if tc.validate_every:
             val_all = self.selection.val
             vk, vu, _ = prepare_images(val_all, self.model, self.image_processor, self.store, cfg, acc)
@@ -193,8 +174,6 @@ class LoRARecipe:
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         self.peft_model = self.accelerator.unwrap_model(self.model)
         self.scaler = getattr(self.accelerator, "scaler", None)
-
-    # ------------------------------------------------------------------------------------------- loop
 
     def fit(self) -> None:
         """Steps until `total_steps` (or early stopping), validating and checkpointing on schedule."""
@@ -257,13 +236,9 @@ class LoRARecipe:
         dt = time.perf_counter() - t0
         record = {"step": loop["step"], "epoch": loop["epoch"], "lr": self.scheduler.get_last_lr()[0],
                   "samples_per_s": len(step_pairs) / dt if dt > 0 else None, "step_s": dt}
-        if step_loss is not None:
-            record["loss"] = step_loss
-        if skip_reason is None and grad_norm is not None:
-            record["grad_norm"] = float(grad_norm)
-        if skip_reason is not None:
-            record["skipped"] = skip_reason
-        return record
+        extra = {"loss": step_loss, "grad_norm": None if skip_reason or grad_norm is None else float(grad_norm),
+                 "skipped": skip_reason}
+        return record | {key: value for key, value in extra.items() if value is not None}
 
     def _backward(self, step_pairs: list[tuple[int, int]]) -> float | None:
         """Gradients of the step's token-mean loss over its micro-batches; None when a loss is non-finite."""
@@ -322,7 +297,6 @@ class LoRARecipe:
     def validate(self) -> None:
         """Score the val images; keep the best adapter (CIDEr + BLEU-4); stop early when it stalls."""
         from captune.generate.captioner import Captioner
-        from captune.model.adapters import save_adapter
 
         loop, acc = self.loop, self.accelerator
         captioner = Captioner(self.peft_model, self.loaded.processor, self.loaded.family)
@@ -341,8 +315,6 @@ class LoRARecipe:
         if self.tc.early_stopping_patience and loop["since_best"] >= self.tc.early_stopping_patience:
             loop["stopped_early"] = True
             self.total_steps = loop["step"]
-
-    # ------------------------------------------------------------------------------------------- checkpoints
 
     def save_checkpoint(self) -> None:
         """Process 0 writes step-N complete or not at all (train/checkpoint.py); the others wait."""
@@ -368,13 +340,8 @@ class LoRARecipe:
         else:
             self.accelerator.print(f"no complete checkpoint under {self.ckpt_dir}; starting from step 0")
 
-    # ------------------------------------------------------------------------------------------- finish
-
     def finish(self) -> TrainResult:
         """Write run/adapter (the best validated one, else the last step's) and train/summary.json."""
-        from captune.io import atomic_directory
-        from captune.model.adapters import save_adapter
-
         loop, acc = self.loop, self.accelerator
         loop["train_seconds"] += time.perf_counter() - self.t_loop
         summary: dict[str, Any] = {}
@@ -396,28 +363,18 @@ class LoRARecipe:
         """What train/summary.json records: counts, timings, where it ran, what trained."""
         loop, p, store = self.loop, self.params, self.store
         return {
-            "steps": loop["step"],
-            "epochs_started": loop["epoch"] + 1,
-            "samples": loop["samples"],
-            "bad_steps": loop["bad_steps"],
-            "final_loss": self.last_loss,
-            "best_step": loop["best_step"],
-            "best_val_score": loop["best_score"],
-            "stopped_early": loop["stopped_early"],
+            "steps": loop["step"], "epochs_started": loop["epoch"] + 1, "samples": loop["samples"],
+            "bad_steps": loop["bad_steps"], "final_loss": self.last_loss, "best_step": loop["best_step"],
+            "best_val_score": loop["best_score"], "stopped_early": loop["stopped_early"],
             "adapter_is": "best validation CIDEr+BLEU-4" if loop["best_step"] else "last step",
-            "train_seconds": loop["train_seconds"],
-            "wall_seconds": time.perf_counter() - self.t_start,
+            "train_seconds": loop["train_seconds"], "wall_seconds": time.perf_counter() - self.t_start,
             "samples_per_s": loop["samples"] / loop["train_seconds"] if loop["train_seconds"] else None,
             "processes": self.world,
             "device": self.adapter_meta["trained_on"],  # where the weights were, not just what was asked
             "feature_cache": "off" if store is None else ("disk" if store.directory else "memory"),
-            "train_images": len(self.records),
-            "selection": self.selection.to_dict(),
-            "skipped_images": self.skipped,
+            "train_images": len(self.records), "selection": self.selection.to_dict(), "skipped_images": self.skipped,
             "parameters": {"total": p.total, "trainable": p.trainable, "trainable_share": p.trainable_share,
                            "per_component": p.per_component},
-            "lora_modules": self.placement.modules,
-            "family": self.loaded.family,
-            "config": config_to_dict(self.cfg),
+            "lora_modules": self.placement.modules, "family": self.loaded.family, "config": config_to_dict(self.cfg),
             "environment": environment_info(),
         }

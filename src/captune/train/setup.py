@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from captune.config import RunConfig
-from captune.errors import ConfigError, UserError
+from captune.data import open_image
+from captune.errors import ConfigError, DataError, UserError
 from captune.io import atomic_write_text
 from captune.model.features import encode_images, image_file_key, store_for
 from captune.progress import Bar
@@ -54,23 +55,20 @@ def family_hint(cfg: RunConfig) -> str:
         return "auto" if published is None else ("t5" if "t5" in published else "opt")
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite a run that has checkpoints unless it is resumed."""
-    if not resume and complete_checkpoints(run_dir / "train" / "checkpoints"):
+def check_config(cfg: RunConfig, resume: bool) -> None:
+    """Refuse before the accelerator starts: bad precisions, overwriting a run that has checkpoints, and a
+    feature cache forced on where the features change every step (augmentation, LoRA in the ViT)."""
+    check_precision(cfg, family_hint(cfg))
+    if not resume and complete_checkpoints(cfg.run_dir / "train" / "checkpoints"):
         raise UserError(
-            f"{run_dir}: this run already has checkpoints; pass --resume to continue it, or choose another "
+            f"{cfg.run_dir}: this run already has checkpoints; pass --resume to continue it, or choose another "
             "run name (--set name=...) to start over"
         )
-
-
-def check_feature_cache(cfg: RunConfig) -> None:
-    """A cache forced on is refused where the features change every step (augmentation, LoRA in the ViT)."""
-    if cfg.train.augment and cfg.train.feature_cache in ("memory", "disk"):
-        raise ConfigError("config key 'train.feature_cache': augmentation changes the images every epoch; "
-                          "set train.feature_cache=auto or off")
-    if cfg.lora.adapt_vision and cfg.train.feature_cache in ("memory", "disk"):
-        raise ConfigError("config key 'train.feature_cache': lora.adapt_vision trains the vision encoder, so its "
-                          "features change every step; set train.feature_cache=auto or off")
+    for on, why in ((cfg.train.augment, "augmentation changes the images every epoch"),
+                    (cfg.lora.adapt_vision, "lora.adapt_vision trains the vision encoder, so its features change "
+                                            "every step")):
+        if on and cfg.train.feature_cache in ("memory", "disk"):
+            raise ConfigError(f"config key 'train.feature_cache': {why}; set train.feature_cache=auto or off")
 
 
 class Logger:
@@ -131,9 +129,6 @@ def prepare_images(records, model, image_processor, store, cfg: RunConfig, accel
 
     With a feature store each file is decoded once: the decode that feeds the vision tower is the
     readability check. Returns every record's key, the usable indices and the skipped-image lines."""
-    from captune.data import open_image
-    from captune.errors import DataError
-
     keys: list[str] = [""] * len(records)
     problems: dict[int, str] = {}
     for i, record in enumerate(records):
