@@ -24,9 +24,8 @@ from captune.errors import ConfigError, UserError
 from captune.faults import maybe_kill, nonfinite_loss
 from captune.io import atomic_directory, atomic_write_json
 from captune.model.adapters import adapter_record, save_adapter
-from captune.model.device import make_accelerator, model_device, resolve_device
 from captune.model.features import encode_images, pixel_values
-from captune.model.lora import apply_lora, summarize_parameters
+from captune.model.lora import summarize_parameters
 from captune.progress import Bar
 from captune.train import checkpoint
 from captune.train.batches import CaptionCollator
@@ -98,6 +97,8 @@ class LoRARecipe:
                    else ""))
 
     def _setup_accelerator(self, resume: bool) -> None:
+        from captune.model.device import make_accelerator, resolve_device  # looked up per run: tests spy on them
+
         cfg, tc = self.cfg, self.tc
         check_config(cfg, resume)
         self.accelerator = make_accelerator(cfg.model.device, PRECISION[tc.precision])
@@ -114,7 +115,9 @@ class LoRARecipe:
     def _setup_model(self) -> None:
         from accelerate.utils import set_seed
 
+        from captune.model.device import model_device
         from captune.model.load import BUILD_LOCK, load_blip2
+        from captune.model.lora import apply_lora
 
         cfg, tc = self.cfg, self.tc
         # BUILD_LOCK (the one place training takes it): the model is seeded and built with no other
