@@ -73,7 +73,7 @@ def consumption(batch: int, repeats: int, tiny: bool) -> dict[str, float]:
     from captune.model.features import encode_images
     from captune.model.lora import apply_lora
     from captune.train.batches import CaptionCollator
-    from captune.train.loop import forward_loss_sum
+    from captune.train.steps import forward_loss_sum
 
     sizes = common.TINY_SIZES if tiny else common.ScaledSizes()
     base, processor = common.build_scaled(sizes)

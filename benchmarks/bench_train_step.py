@@ -54,7 +54,7 @@ def run_setting(label: str, sizes: common.ScaledSizes, dropout: common.Dropout, 
     from captune.model.features import VisionFeatureStore, encode_images
     from captune.model.lora import apply_lora
     from captune.train.batches import CaptionCollator
-    from captune.train.loop import forward_loss_sum
+    from captune.train.steps import forward_loss_sum
 
     torch.manual_seed(0)
     base, processor = common.build_scaled(sizes, dropout)

@@ -126,7 +126,7 @@ def train_step_fn(model, trainable, optimizer, config, batch: int, cached: bool,
     import torch
 
     from captune.model.features import VisionFeatureStore, encode_images
-    from captune.train.loop import forward_loss_sum
+    from captune.train.steps import forward_loss_sum
 
     size = config.vision_config.image_size
     vdtype = next(model.get_base_model().vision_model.parameters()).dtype

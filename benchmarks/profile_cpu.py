@@ -39,7 +39,7 @@ CATEGORIES: dict[str, list[tuple[str, str, bool]]] = {
     "HF generate (all)": [("transformers/generation/utils.py", "generate", True)],
     "metric scoring (Scorer.score)": [("captune/metrics/suite.py", "score", True)],
     "metrics: project Python (self)": [("captune/metrics/", "", False)],
-    "training loop body (self)": [("captune/train/loop.py", "train", False)],
+    "training loop body (self)": [("captune/train/loop.py", "", False)],
     "checkpoint + adapter writes": [("captune/train/checkpoint.py", "save_checkpoint", True),
                                     ("captune/model/adapters.py", "save_adapter", True)],
 }

@@ -47,7 +47,7 @@ def test_removed_keys_say_they_were_removed(key):
 
 
 def test_tensorboard_missing_is_said_once(monkeypatch, tmp_path):
-    from captune.train.loop import Logger
+    from captune.train.setup import Logger
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
     said: list[str] = []

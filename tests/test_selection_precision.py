@@ -110,7 +110,7 @@ def test_qformer_computes_in_fp32_under_bf16_autocast(tiny_model_dirs) -> None:
 
 
 def test_fp16_refused_for_t5_whichever_key_and_without_a_scaler(tiny_model_dirs, tmp_path: Path) -> None:
-    from captune.train.loop import check_precision
+    from captune.train.setup import check_precision
 
     with pytest.raises(ConfigError, match=r"^config key 'train\.precision': fp16 overflows in T5"):
         load_config(None, ["model.family=t5", "train.precision=fp16"])

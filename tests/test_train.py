@@ -21,7 +21,8 @@ from captune.model.features import encode_images, pixel_values, store_for
 from captune.model.load import load_blip2
 from captune.model.lora import apply_lora
 from captune.train.batches import CaptionCollator
-from captune.train.loop import TrainingError, forward_loss, train
+from captune.train.loop import TrainingError, train
+from captune.train.steps import forward_loss
 from train_helpers import CAPTIONS, colour_dataset, tiny_train_config
 
 

@@ -84,7 +84,7 @@ def qformer_tokens(blip, image_embeds: torch.Tensor) -> torch.Tensor:
 def _adamw(params: list[torch.Tensor], lr: float, steps: int, loss_fn: Callable[[int], torch.Tensor]) -> float | None:
     """AdamW over `params` with train()'s warmup (steps / 20) + cosine schedule; `loss_fn(step)` returns
     the loss. Returns the smoothed final loss."""
-    from captune.train.loop import lr_lambda
+    from captune.train.steps import lr_lambda
 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = lr_lambda("cosine", max(1, steps // 20), steps)
