@@ -19,10 +19,12 @@ from captune.grid.shard import Shard, merge
 from captune.train.loop import train
 
 # greedy, beam, a sampling system with two draws, and an adapter system; batches of 3 over 20 images:
-# 7 batches (the last one of 2), 4 for process 0 and 3 for process 1
+# 7 batches (the last one of 2), 4 for process 0 and 3 for process 1. Every caption is 8 tokens long (the
+# tiny random model would otherwise stop at once), so that sampled captions differ from seed to seed.
 CONFIG = """
 generate:
   max_new_tokens: 8
+  min_new_tokens: 8
   batch_size: 3
 eval:
   metrics: [coco, diversity]
@@ -84,6 +86,7 @@ def test_second_process_captions_its_batches_and_writes_nothing(one_process, tmp
     assert result.scores == {} and result.generated == ["zero-shot-greedy", "zero-shot-beam3", "nucleus", "lora-greedy"]
     assert [p.name for p in cfg.run_dir.iterdir()] == []  # no predictions, scores, config, meta or timings
     expected = _captions(one)
+    assert len(set(expected["nucleus"])) > 4 and expected["nucleus"] != expected["nucleus.sample-1"]
     handed = _SecondProcess.handed
     assert [device for _, device in handed] == ["cpu", "cpu"]  # one gather per adapter state
     got = {name: batches for captions, _ in handed for name, batches in captions.items()}
