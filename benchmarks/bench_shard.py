@@ -8,11 +8,12 @@ tiny random BLIP-2 (OPT); 3 systems (greedy, beam 3, nucleus sampling with 2 dra
   two  `python -m torch.distributed.run --nproc_per_node 2 -m captune eval CONFIG`: each process captions
        every other batch, process 0 gathers the captions and scores once
 
-Every prediction file of every run must equal the first one-process run byte for byte (checked). Reported:
-the command's wall time (process start, imports and model load included) and process 0's grid time
-(`grid_timings.json` total: captioning, gathering and scoring) per arm, median over the rounds.
+Every prediction file of every run must equal the first one-process run byte for byte (checked). Reported,
+median over the rounds: the command's wall time (process start, imports and model load included), process
+0's grid time (`grid_timings.json` total: model load, captioning, gathering, scoring) and process 0's
+captioning time (vision features, Q-Former, prefill, generate: the part that is shared out).
 
-    python benchmarks/bench_shard.py                  # 300 images, 2 rounds
+    python benchmarks/bench_shard.py                  # 1000 images, 2 rounds
     python benchmarks/bench_shard.py --tiny           # seconds: smoke test
 """
 
@@ -45,6 +46,9 @@ eval:
 """
 
 
+CAPTIONING = ("encode_images", "qformer", "prefill")  # with generate/*: process 0's captioning time
+
+
 def write_config(path: Path, model_dir: Path, data: Path, out: Path, args: argparse.Namespace) -> Path:
     path.write_text(
         f"output_dir: {out}\nmodel:\n  name_or_path: {model_dir}\ndata:\n  path: {data}\n"
@@ -71,10 +75,10 @@ def predictions(run_dir: Path) -> dict[str, bytes]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=300, help="eval images (default 300)")
+    ap.add_argument("--images", type=int, default=1000, help="eval images (default 1000)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of both arms, order alternating (default 2)")
     ap.add_argument("--batch", type=int, default=16, help="generation batch (default 16)")
-    ap.add_argument("--new-tokens", type=int, default=8, help="exact caption length (default 8)")
+    ap.add_argument("--new-tokens", type=int, default=16, help="exact caption length (default 16)")
     common.add_run_args(ap, "32 images, 1 round: a smoke test, not a measurement")
     args = ap.parse_args(argv)
     common.set_threads(1)
@@ -99,23 +103,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 name = f"{arm}{r}"
                 wall = run_arm(arm, cfg, name, 29560 + r)
                 grid = json.loads((root / "runs" / name / "grid_timings.json").read_text())
-                row[arm] = {"wall_s": wall, "grid_s": grid["total"], "score_s": grid.get("score", 0.0)}
+                caption = sum(v for k, v in grid.items() if k in CAPTIONING or k.startswith("generate/"))
+                row[arm] = {"wall_s": wall, "grid_s": grid["total"], "caption_s": caption, "timings": grid}
                 preds = predictions(root / "runs" / name)
                 first = first or preds
                 if preds != first or len(preds) != 4:
                     results["identical"] = False
-                print(f"round {r} {arm}: command {wall:6.1f} s, grid {grid['total']:6.1f} s "
-                      f"(scoring {grid.get('score', 0.0):.1f} s), captions identical: {preds == first}", flush=True)
+                print(f"round {r} {arm}: command {wall:6.1f} s, grid {grid['total']:6.1f} s (model load "
+                      f"{grid.get('load_model', 0.0):.1f} s, captioning {caption:.1f} s, scoring "
+                      f"{grid.get('score', 0.0):.1f} s), captions identical: {preds == first}", flush=True)
             results["rounds"].append(row)
     for arm in ("one", "two"):
-        for key in ("wall_s", "grid_s"):
+        for key in ("wall_s", "grid_s", "caption_s"):
             results[f"{arm}_{key}"] = statistics.median(row[arm][key] for row in results["rounds"])
     results["speedup_wall"] = results["one_wall_s"] / results["two_wall_s"]
     results["speedup_grid"] = results["one_grid_s"] / results["two_grid_s"]
+    results["speedup_caption"] = results["one_caption_s"] / results["two_caption_s"]
     results["load_after"] = common.load_average()
     print(f"{args.images} images: 1 process {results['one_wall_s']:.1f} s (grid {results['one_grid_s']:.1f} s), "
           f"2 processes {results['two_wall_s']:.1f} s (grid {results['two_grid_s']:.1f} s): "
-          f"{results['speedup_wall']:.2f}x command, {results['speedup_grid']:.2f}x grid; "
+          f"{results['speedup_wall']:.2f}x command, {results['speedup_grid']:.2f}x grid, "
+          f"{results['speedup_caption']:.2f}x captioning (process 0); "
           f"identical captions: {results['identical']}; load {results['load_before']:.2f} -> "
           f"{results['load_after']:.2f}")
     if not results["identical"]:
