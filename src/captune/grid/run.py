@@ -219,11 +219,13 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
             timings["encode_images"] = time.perf_counter() - t
             # Q-Former outputs once per adapter state, shared by every system in that state.
             t = time.perf_counter()
-            lm_inputs: dict[bool, dict[int, torch.Tensor]] = {}
+            lm_inputs: dict[bool, dict[int, torch.Tensor]] = {}  # adapter state -> {batch start: LM inputs}
             for state in sorted({s.adapter for s in todo}):
-                lm_inputs[state] = {i: captioner.lm_inputs(encode(range(i, min(i + bs, len(keys))), True)
-                                                           if state and vision_lora else store.get(keys[i:i + bs]),
-                                                           state) for i in starts}
+                lm_inputs[state] = {}
+                for i in starts:
+                    vision = encode(range(i, min(i + bs, len(keys))), True) if state and vision_lora else \
+                        store.get(keys[i:i + bs])
+                    lm_inputs[state][i] = captioner.lm_inputs(vision, state)
             timings["qformer"] = time.perf_counter() - t
             bar = Bar("captions", sum(len(mine) * s.samples for s in todo), progress)
             written = 0
