@@ -29,11 +29,14 @@ def eval_command(
 ) -> None:
     """Run the baseline grid on the eval split: predictions/*.json, scores.json, results.md (resumable)."""
     from captune.grid.run import run_grid
+    from captune.grid.shard import current_shard
     from captune.model.device import cli_overrides, resolve_device
 
     cfg = load_config(config, [*set_, *cli_overrides(device, dtype)])
     resolve_device(cfg.model.device, where="--device" if device else "config key 'model.device'")
     result = run_grid(cfg, adapter_dir=adapter, progress=not no_progress)
+    if not current_shard().main:  # under a multi-process launch process 0 scores and reports
+        return
     if result.reused:
         say(f"reused finished systems: {', '.join(result.reused)}")
     if result.skipped_images:

@@ -4,6 +4,7 @@ Vision features are computed once per image and reused by every system; Q-Former
 adapter state (base, LoRA), shared by all systems in that state; base and LoRA systems share one
 loaded model with the adapter switched off and on. The scorer's JVM starts while captions are
 generated. Finished systems are read back from `predictions/`, so an interrupted grid resumes.
+Under a multi-process launch each process captions a share of the batches (`captune.grid.shard`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from captune.decoding import System, default_systems
 from captune.env import environment_info
 from captune.errors import DataError, UserError
 from captune.faults import maybe_kill
+from captune.grid.shard import current_shard, merge
 from captune.io import atomic_write_json, atomic_write_text
 from captune.progress import Bar
 
@@ -100,16 +102,19 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
     from captune.data import load_dataset_from_config
     from captune.generate.captioner import Captioner, DecodeJob
     from captune.model.adapters import load_adapter
+    from captune.model.device import resolve_device
     from captune.model.features import encode_images, image_file_key, pixel_values, store_for
     from captune.model.load import load_blip2
     from captune.train.distributed import refuse_unsupported_launch
 
     refuse_unsupported_launch()
+    shard = current_shard()
+    progress = progress and shard.main
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "config.yaml").exists():
+    if shard.main and not (run_dir / "config.yaml").exists():
         dump_config(cfg, run_dir / "config.yaml")
     adapter_path = Path(adapter_dir) if adapter_dir else run_dir / "adapter"
     has_adapter = (adapter_path / "adapter_config.json").is_file()
@@ -153,7 +158,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
     given = scorer
     if scorer is not None and list(scorer.image_ids) != image_ids:
         scorer = None  # made for other images (one became unreadable since): a fresh one below
-    if scorer is None and (score or start_scorer):
+    if scorer is None and (score or start_scorer) and shard.main:
         from captune.metrics import Scorer
 
         train_caps = None
@@ -181,7 +186,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
     try:
         if todo:
             t = time.perf_counter()
-            loaded = load_blip2(cfg.model)
+            loaded = load_blip2(cfg.model, device=resolve_device(cfg.model.device, shard.state))
             model = loaded.model
             if any(s.adapter for s in todo):
                 model = load_adapter(model, adapter_path)
@@ -196,6 +201,8 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
             store = store_for(model, cfg.model.name_or_path, cfg.model.revision, image_processor, directory, dtype)
             keys = [image_file_key(r.path) for r in records]
             bs = cfg.generate.batch_size
+            starts = shard.starts(len(records), bs)  # this process's batches (all of them in one process)
+            mine = [j for i in starts for j in range(i, min(i + bs, len(records)))]
             # An adapter trained with lora.adapt_vision changes the ViT: base systems get the base ViT's
             # features (cached), adapter systems the adapted ViT's (computed here, not cached).
             vision_lora = any("lora_" in n for n, _ in captioner.blip.vision_model.named_parameters())
@@ -206,27 +213,30 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                     return encode_images(model, pix.to(captioner.device))
 
             t = time.perf_counter()
-            with Bar("vision features", sum(1 for k in dict.fromkeys(keys) if k not in store), progress) as bar:
-                store.ensure(keys, encode, bs, progress=bar.advance)
+            with Bar("vision features", sum(1 for j in dict.fromkeys(mine) if keys[j] not in store), progress) as bar:
+                store.ensure([keys[j] for j in mine], lambda idx: encode([mine[j] for j in idx]), bs,
+                             progress=bar.advance)
             timings["encode_images"] = time.perf_counter() - t
             # Q-Former outputs once per adapter state, shared by every system in that state.
             t = time.perf_counter()
-            lm_inputs: dict[bool, torch.Tensor] = {}
+            lm_inputs: dict[bool, dict[int, torch.Tensor]] = {}  # adapter state -> {batch start: LM inputs}
             for state in sorted({s.adapter for s in todo}):
-                parts = [captioner.lm_inputs(encode(range(i, min(i + bs, len(keys))), True) if state and vision_lora
-                                             else store.get(keys[i:i + bs]), state) for i in range(0, len(keys), bs)]
-                lm_inputs[state] = torch.cat(parts)
+                lm_inputs[state] = {}
+                for i in starts:
+                    vision = encode(range(i, min(i + bs, len(keys))), True) if state and vision_lora else \
+                        store.get(keys[i:i + bs])
+                    lm_inputs[state][i] = captioner.lm_inputs(vision, state)
             timings["qformer"] = time.perf_counter() - t
-            bar = Bar("captions", sum(len(records) * s.samples for s in todo), progress)
+            bar = Bar("captions", sum(len(mine) * s.samples for s in todo), progress)
             written = 0
             try:
                 # Images outer, systems inner: each batch's image prefill (OPT's KV cache of the query
                 # positions) is computed once per adapter state and shared by the systems of that state.
                 for state in sorted({s.adapter for s in todo}):
                     group = [s for s in todo if s.adapter == state]
-                    captions: dict[str, list[str]] = {f: [] for s in group for f in _sample_files(s)}
-                    for i in range(0, len(records), bs):
-                        feats = lm_inputs[state][i:i + bs]
+                    captions: dict[str, dict[int, list[str]]] = {f: {} for s in group for f in _sample_files(s)}
+                    for i in starts:
+                        feats = lm_inputs[state][i]
                         t = time.perf_counter()
                         prefix = captioner.prefix_cache(feats, state)
                         timings["prefill"] = timings.get("prefill", 0.0) + time.perf_counter() - t
@@ -235,16 +245,20 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                                           name=fname)
                                 for system in group for k, fname in enumerate(_sample_files(system))]
                         for job, out in zip(jobs, captioner.generate_jobs(jobs, fuse, timings), strict=True):
-                            captions[job.name].extend(c[0] for c in out)
+                            captions[job.name][i] = [c[0] for c in out]
                             bar.advance(len(out), job.name)
                         if scorer is not None:  # METEOR on the other core while the next batch decodes
                             batch_ids = image_ids[i:i + bs]
-                            scorer.prefetch({f: dict(zip(batch_ids, captions[f][i:i + bs], strict=True))
-                                             for f in captions})
+                            scorer.prefetch({f: dict(zip(batch_ids, captions[f][i], strict=True)) for f in captions})
+                    parts = shard.gather((captions, str(captioner.device)))
+                    if parts is None:  # not process 0: it writes what this process captioned
+                        continue
+                    ordered = merge([p[0] for p in parts])
+                    device = " + ".join(dict.fromkeys(p[1] for p in parts))
                     for system in group:
                         for fname in _sample_files(system):
-                            write_predictions(pred_dir / f"{fname}.json", image_ids, captions[fname])
-                        record_devices(run_dir, [system.name], str(captioner.device))
+                            write_predictions(pred_dir / f"{fname}.json", image_ids, ordered[fname])
+                        record_devices(run_dir, [system.name], device)
                         written += 1
                         maybe_kill("grid-system", written)
             finally:
@@ -261,7 +275,8 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
         if scorer is not None and scorer is not given:
             scorer.close()
     timings["total"] = time.perf_counter() - t0
-    atomic_write_json(run_dir / "grid_timings.json", {k: round(v, 3) for k, v in timings.items()})
+    if shard.main:
+        atomic_write_json(run_dir / "grid_timings.json", {k: round(v, 3) for k, v in timings.items()})
     return result
 
 
