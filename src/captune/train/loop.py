@@ -220,7 +220,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     from captune.data.selection import plan_selection
     from captune.model.adapters import adapter_record, save_adapter
     from captune.model.device import make_accelerator, model_device, resolve_device
-    from captune.model.load import BUILD_LOCK, load_blip2
+    from captune.model.load import load_blip2
     from captune.model.lora import apply_lora
 
     refuse_unsupported_launch()  # before the Accelerator, which would fail on them less clearly
@@ -253,12 +253,11 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=N
     if not records:
         raise UserError(f"{cfg.data.path}: split {cfg.data.train_split!r} has no images; check data.train_split")
 
-    # Model: seeded and built with no other thread building a model in between (see BUILD_LOCK)
-    with BUILD_LOCK:
-        set_seed(tc.seed)
-        loaded = load_blip2(cfg.model, device=device)
-        check_precision(cfg, loaded.family)  # `family: auto` is known only now
-        model, placement = apply_lora(loaded.model, cfg.lora, loaded.family)
+    # Model
+    set_seed(tc.seed)
+    loaded = load_blip2(cfg.model, device=device)
+    check_precision(cfg, loaded.family)  # `family: auto` is known only now
+    model, placement = apply_lora(loaded.model, cfg.lora, loaded.family)
     if tc.gradient_checkpointing:
         model.get_base_model().language_model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False})
