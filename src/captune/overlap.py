@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import replace
 
-from captune.config import RunConfig
+from captune.config import RunConfig, dump_config
 from captune.pipeline import PipelineResult, finish, run_pipeline, train_stage, training_finished
 
 
@@ -37,7 +37,7 @@ def run_side_by_side(cfg: RunConfig, progress: bool = True, dataset=None, report
     records = dataset.select(cfg.data.eval_split)
     scorer = open_scorer(cfg, dataset, {r.image_id: list(r.refs) for r in records})
     early_cfg = replace(cfg, eval=replace(cfg.eval, systems=early))
-    done: dict = {}
+    done: dict = {}  # the thread's grid timings, or its error
 
     def caption() -> None:
         try:
@@ -48,8 +48,6 @@ def run_side_by_side(cfg: RunConfig, progress: bool = True, dataset=None, report
 
     thread = threading.Thread(target=caption, name="captune-early-captions", daemon=True)
     try:
-        from captune.config import dump_config
-
         dump_config(cfg, cfg.run_dir / "config.yaml")  # the run's config, not early_cfg's, whoever writes first
         thread.start()
         t = time.perf_counter()
