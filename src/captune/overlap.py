@@ -20,6 +20,11 @@ def run_side_by_side(cfg: RunConfig, progress: bool = True, dataset=None, report
     """`run_pipeline`'s outputs, with the systems that need no adapter captioned while it trains. Sampling
     draws from each system's own seeded generator, so neither thread changes the other's random numbers;
     systems that sample from torch's global generator wait for the main grid, as do adapter systems."""
+    # Imported before the thread (the grid's model too, below): transformers' lazy module can fail with
+    # "cannot import name 'AutoProcessor'" when two threads resolve its names at once.
+    import accelerate  # noqa: F401
+    import peft  # noqa: F401
+
     from captune.data import load_dataset_from_config
     from captune.data.selection import plan_selection
     from captune.grid.run import open_scorer, resolve_systems, run_grid
@@ -30,12 +35,10 @@ def run_side_by_side(cfg: RunConfig, progress: bool = True, dataset=None, report
     if training_finished(cfg.run_dir) or not early:
         return run_pipeline(cfg, progress, dataset, report)
     plan_selection(cfg, dataset)  # a config that selects on evaluated images fails before any work
-    import_model_libraries()  # before the thread: both threads then only read transformers' names
     # Built here, before train() builds its own: `from_pretrained` swaps torch's init functions for no-ops
     # process-wide while it builds, so a build beside train's would leave its LoRA layers uninitialised.
     loaded = load_blip2(cfg.model)
-    records = dataset.select(cfg.data.eval_split)
-    scorer = open_scorer(cfg, dataset, {r.image_id: list(r.refs) for r in records})
+    scorer = open_scorer(cfg, dataset, {r.image_id: list(r.refs) for r in dataset.select(cfg.data.eval_split)})
     early_cfg = replace(cfg, eval=replace(cfg.eval, systems=early))
     done: dict = {}  # the thread's grid timings, or its error
 
@@ -66,15 +69,6 @@ def run_side_by_side(cfg: RunConfig, progress: bool = True, dataset=None, report
         if not thread.is_alive():
             scorer.close()
     return finish(cfg, trained, timings, report)
-
-
-def import_model_libraries() -> None:
-    """Import transformers' BLIP-2 pieces, peft and accelerate on the calling thread. Call it before
-    starting a thread that loads a model: transformers' lazy module can fail with "cannot import name
-    'AutoProcessor'" when two threads resolve its names at once (seen once in three demo reruns)."""
-    import accelerate  # noqa: F401
-    import peft  # noqa: F401
-    from transformers import AutoProcessor, Blip2Config, Blip2ForConditionalGeneration  # noqa: F401
 
 
 def start_human_baseline(cfg: RunConfig):
