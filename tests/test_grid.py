@@ -169,14 +169,28 @@ def test_eval_cli_on_flickr8k(tmp_path: Path, flickr8k_dir: Path, tiny_model_dir
     assert scores["images"] == 24  # 12 val + 12 test
 
 
+def test_stages_take_no_overlap_switch() -> None:
+    """Overlap lives in captune.overlap: the stages keep plain signatures, the model layer holds no lock."""
+    import inspect
+
+    import captune.model.load
+    from captune.grid.run import run_grid
+    from captune.pipeline import run_pipeline
+
+    assert list(inspect.signature(run_pipeline).parameters) == ["cfg", "progress", "dataset", "report"]
+    assert not {"select", "start_scorer"} & set(inspect.signature(run_grid).parameters)
+    assert not hasattr(captune.model.load, "BUILD_LOCK")
+
+
 def test_captioning_while_training_equals_one_after_the_other(trained_run: Path) -> None:
     """The base systems captioned in a thread while LoRA trains: same adapter, same captions (sampled ones too)."""
+    from captune.overlap import run_side_by_side
     from captune.pipeline import run_pipeline
 
     results = {}
-    for name, overlap in (("sequential", False), ("overlapped", True)):
+    for name, run in (("sequential", run_pipeline), ("overlapped", run_side_by_side)):
         cfg = load_config(trained_run, [f"name={name}", "eval.metrics=[coco,diversity]"])
-        results[name] = run_pipeline(cfg, progress=False, report=False, caption_while_training=overlap)
+        results[name] = run(cfg, progress=False, report=False)
     seq, par = (results[n].run_dir for n in ("sequential", "overlapped"))
     early = {name for k in results["overlapped"].timings if k.startswith("early/generate/")
              for name in k.split("/", 2)[2].split("+")}

@@ -62,30 +62,6 @@ def alignment_for_run(run_dir: Path, data_dir: Path) -> dict[str, Any]:
     return out
 
 
-def start_human_baseline(cfg):
-    """The human baseline (5 rotations: ~30 s of one core) and METEOR's reduced paraphrase table in a
-    light child process on the other core while the base and LoRA train on this one; returns the
-    process, or None if cached or it cannot start (the grid then computes it itself)."""
-    import multiprocessing
-
-    from captune.metrics.human import human_cache_path, human_families, precompute_for_split, split_references
-    from captune.metrics.java import find_java
-
-    families = human_families(cfg.eval.metrics, find_java().available)
-    data, samples, seed = cfg.data, cfg.eval.bootstrap_samples, cfg.eval.bootstrap_seed
-    refs = split_references(data.path, data.eval_split, data.format)
-    if human_cache_path(refs, families, samples, seed).is_file():
-        return None
-    try:
-        process = multiprocessing.get_context("spawn").Process(
-            target=precompute_for_split, args=(data.path, data.eval_split, families, samples, seed, data.format),
-            daemon=True, name="captune-human-baseline")
-        process.start()
-        return process
-    except OSError:
-        return None
-
-
 def run_demo(out_dir: str | Path = "runs", name: str = "demo", fresh: bool = False, seed: int = 0,
              scale: float = 1.0, lora_steps: int | None = None, cache_dir: str | Path | None = None,
              progress: bool = True, report: bool = True, say=print, overrides: Sequence[str] = (),
@@ -95,7 +71,7 @@ def run_demo(out_dir: str | Path = "runs", name: str = "demo", fresh: bool = Fal
     from captune.demo.base import base_dir as base_dir_for
     from captune.demo.base import build_base, ensure_synth, feature_dir, synth_dir, torch_threads
     from captune.demo.recipe import demo_run_config
-    from captune.pipeline import run_pipeline
+    from captune.overlap import run_side_by_side, start_human_baseline
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -126,7 +102,7 @@ def run_demo(out_dir: str | Path = "runs", name: str = "demo", fresh: bool = Fal
             human.join()  # normally long done; the grid scores the human baseline itself if it failed
         timings["wait_human"] = time.perf_counter() - t
         t = time.perf_counter()
-        result = run_pipeline(cfg, progress=progress, report=False, caption_while_training=True)
+        result = run_side_by_side(cfg, progress=progress, report=False)
         timings.update({f"pipeline/{k}": v for k, v in result.timings.items()})
         timings["train+grid"] = time.perf_counter() - t
         t = time.perf_counter()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,6 @@ class GridResult:
     skipped_images: list[str]
     scores: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    scorer: Any = None  # with start_scorer: the open Scorer, fed this run's captions
 
 
 def resolve_systems(cfg: RunConfig, with_adapter: bool) -> list[System]:
@@ -90,14 +88,11 @@ def _sample_files(system: System) -> list[str]:
 
 
 def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bool = True,
-             dataset=None, score: bool = True, select: Callable[[System], bool] | None = None,
-             scorer=None, start_scorer: bool = False, fuse: bool = True) -> GridResult:
+             dataset=None, score: bool = True, scorer=None, loaded=None, fuse: bool = True) -> GridResult:
     """Caption the eval split with every system, write predictions and scores into the run directory.
 
-    `select` keeps only some systems (with `score=False`: a partial grid whose predictions a later
-    full run reads back, as `run_pipeline` does while the adapter trains). `start_scorer` (with
-    `score=False`): start the Scorer anyway, feed it these captions and return it open in
-    `GridResult.scorer`, for the later run to pass back as `scorer` (the caller closes it). `fuse=False`:
+    `scorer`: an open Scorer (`open_scorer`; the caller closes it) fed each batch's captions, also with
+    `score=False`. `loaded`: the base model as `load_blip2` returns it, instead of loading `cfg.model`. `fuse=False`:
     one `generate` call per system and batch (same captions; for measuring what fusing gains)."""
     from captune.data import load_dataset_from_config
     from captune.generate.captioner import Captioner, DecodeJob
@@ -120,12 +115,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
     has_adapter = (adapter_path / "adapter_config.json").is_file()
     if adapter_dir and not has_adapter:
         raise UserError(f"{adapter_path}: no adapter_config.json; pass the run's adapter/ folder")
-    if select is None:
-        systems = resolve_systems(cfg, has_adapter)
-    else:
-        systems = [s for s in resolve_systems(cfg, True) if select(s)]
-        if not has_adapter and any(s.adapter for s in systems):
-            raise UserError(f"{adapter_path}: the selected systems need an adapter; train first")
+    systems = resolve_systems(cfg, has_adapter)
 
     # Same images for everyone: unreadable ones are reported and left out of every system.
     dataset = dataset if dataset is not None else load_dataset_from_config(cfg.data)
@@ -158,24 +148,8 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
     given = scorer
     if scorer is not None and list(scorer.image_ids) != image_ids:
         scorer = None  # made for other images (one became unreadable since): a fresh one below
-    if scorer is None and (score or start_scorer) and shard.main:
-        from captune.metrics import Scorer
-
-        train_caps = None
-        if cfg.data.train_split:
-            try:
-                train_caps = [c for r in dataset.select(cfg.data.train_split) for c in r.refs]
-            except DataError:
-                train_caps = None
-        meteor, tokens = None, {}
-        if "coco" in cfg.eval.metrics:  # the shared JVM, with the reduced paraphrase table when one is cached
-            from captune.metrics.meteor_pipeline import start_meteor
-
-            meteor, _ = start_meteor(refs, tokens)
-        # Created now so that the JVM and reference preparation overlap with caption generation.
-        scorer = Scorer(refs, metrics=cfg.eval.metrics, bootstrap_samples=cfg.eval.bootstrap_samples,
-                        seed=cfg.eval.bootstrap_seed, spice=cfg.eval.spice or None, train_captions=train_caps,
-                        meteor=meteor, token_cache=tokens)
+    if scorer is None and score and shard.main:  # created now: the JVM and references overlap with captioning
+        scorer = open_scorer(cfg, dataset, refs)
 
     if scorer is not None and reused:  # their METEOR runs while the remaining systems decode (queued once)
         for system in systems:
@@ -186,7 +160,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
     try:
         if todo:
             t = time.perf_counter()
-            loaded = load_blip2(cfg.model, device=resolve_device(cfg.model.device, shard.state))
+            loaded = loaded or load_blip2(cfg.model, device=resolve_device(cfg.model.device, shard.state))
             model = loaded.model
             if any(s.adapter for s in todo):
                 model = load_adapter(model, adapter_path)
@@ -269,8 +243,6 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
             t = time.perf_counter()
             result.scores = score_grid(cfg, scorer, systems, image_ids, pred_dir, skipped, progress=progress)
             timings["score"] = time.perf_counter() - t
-        if start_scorer and not score:
-            result.scorer, scorer = scorer, None  # handed over open
     finally:
         if scorer is not None and scorer is not given:
             scorer.close()
@@ -278,6 +250,26 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
     if shard.main:
         atomic_write_json(run_dir / "grid_timings.json", {k: round(v, 3) for k, v in timings.items()})
     return result
+
+
+def open_scorer(cfg: RunConfig, dataset, refs: dict[int, list[str]]):
+    """The Scorer of `cfg.eval` for these references, its METEOR JVM and reference preparation started."""
+    from captune.metrics import Scorer
+
+    train_caps = None
+    if cfg.data.train_split:
+        try:
+            train_caps = [c for r in dataset.select(cfg.data.train_split) for c in r.refs]
+        except DataError:
+            train_caps = None
+    meteor, tokens = None, {}
+    if "coco" in cfg.eval.metrics:  # the shared JVM, with the reduced paraphrase table when one is cached
+        from captune.metrics.meteor_pipeline import start_meteor
+
+        meteor, _ = start_meteor(refs, tokens)
+    return Scorer(refs, metrics=cfg.eval.metrics, bootstrap_samples=cfg.eval.bootstrap_samples,
+                  seed=cfg.eval.bootstrap_seed, spice=cfg.eval.spice or None, train_captions=train_caps,
+                  meteor=meteor, token_cache=tokens)
 
 
 def score_grid(cfg: RunConfig, scorer, systems: list[System], image_ids: list[int], pred_dir: Path,

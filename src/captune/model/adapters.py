@@ -154,13 +154,9 @@ def load_adapter(base: torch.nn.Module, adapter_dir: str | Path, adapter_name: s
     """Attach a saved adapter to `base` with plain peft, after `check_adapter_fits`."""
     from peft import PeftModel
 
-    from captune.model.load import BUILD_LOCK
-
     check_adapter_fits(base, adapter_dir)
     try:
-        with BUILD_LOCK:
-            return PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=adapter_name,
-                                             is_trainable=trainable)
+        return PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=adapter_name, is_trainable=trainable)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise ModelError(f"{adapter_dir}: adapter does not fit this base model ({str(exc).splitlines()[0]})") from None
 

@@ -7,7 +7,6 @@ always fp32 (fp16 there is a known source of NaN losses); fp16 refused for T5 (o
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,12 +19,6 @@ from captune.errors import ConfigError, ModelError
 Family = Literal["opt", "t5"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TINY_NAMES = {"tiny-opt": "opt", "tiny-t5": "t5"}
-
-BUILD_LOCK = threading.RLock()
-"""Held while captune builds or wraps a model. `from_pretrained` swaps torch's init functions for no-ops,
-process-wide, while it builds: a model built in another thread meanwhile (LoRA layers being created while
-a grid thread loads the base) would keep uninitialised weights."""
-
 
 @dataclass
 class LoadedModel:
@@ -105,17 +98,7 @@ def load_blip2(cfg: ModelConfig, device: str | torch.device | None = None) -> Lo
     from captune.model.device import resolve_device
 
     device = resolve_device(cfg.device) if device is None else torch.device(device)
-    with BUILD_LOCK:
-        return _load_blip2(cfg, device)
-
-
-def import_model_libraries() -> None:
-    """Import transformers' BLIP-2 pieces, peft and accelerate on the calling thread. Call it before
-    starting a thread that loads a model: transformers' lazy module can fail with "cannot import name
-    'AutoProcessor'" when two threads resolve its names at once (seen once in three demo reruns)."""
-    import accelerate  # noqa: F401
-    import peft  # noqa: F401
-    from transformers import AutoProcessor, Blip2Config, Blip2ForConditionalGeneration  # noqa: F401
+    return _load_blip2(cfg, device)
 
 
 def _load_blip2(cfg: ModelConfig, device: torch.device) -> LoadedModel:

@@ -122,14 +122,10 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, family: Family):
     """Wrap `model` with LoRA adapters; everything else frozen. Returns (peft_model, placement)."""
     from peft import get_peft_model
 
-    from captune.model.load import BUILD_LOCK
-
     placement = plan_placement(model, cfg, family)
     for param in model.parameters():
         param.requires_grad_(False)
-    with BUILD_LOCK:
-        peft_model = get_peft_model(model, peft_config(cfg, placement))
-    return peft_model, placement
+    return get_peft_model(model, peft_config(cfg, placement)), placement
 
 
 def component_of(name: str) -> str:

@@ -116,17 +116,15 @@ class LoRARecipe:
         from accelerate.utils import set_seed
 
         from captune.model.device import model_device
-        from captune.model.load import BUILD_LOCK, load_blip2
+        from captune.model.load import load_blip2
         from captune.model.lora import apply_lora
 
         cfg, tc = self.cfg, self.tc
-        # BUILD_LOCK (the one place training takes it): the model is seeded and built with no other
-        # thread building a model in between.
-        with BUILD_LOCK:
-            set_seed(tc.seed)
-            self.loaded = load_blip2(cfg.model, device=self.device)
-            check_precision(cfg, self.loaded.family)  # `family: auto` is known only now
-            model, self.placement = apply_lora(self.loaded.model, cfg.lora, self.loaded.family)
+        # No other thread builds a model meanwhile: captune.overlap loads the grid's model before training starts.
+        set_seed(tc.seed)
+        self.loaded = load_blip2(cfg.model, device=self.device)
+        check_precision(cfg, self.loaded.family)  # `family: auto` is known only now
+        model, self.placement = apply_lora(self.loaded.model, cfg.lora, self.loaded.family)
         if tc.gradient_checkpointing:
             model.get_base_model().language_model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
