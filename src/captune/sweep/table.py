@@ -98,25 +98,26 @@ def markdown(scores: dict[str, Any]) -> str:
     rows = ablation_rows(scores)
     grid = ", ".join(f"{k} ∈ {{{', '.join(map(str, v))}}}" for k, v in sweep["grid"])
     lines = ["# captune sweep", "", f"Grid: {grid}; seeds {', '.join(map(str, sweep['seeds']))}; "
-             f"{scores['images']} evaluation images. The config's own variant: {sweep['own_group'] or 'not in the grid'}; "
+             f"{scores['images']} evaluation images. The config's own variant: "
+             f"{sweep['own_group'] or 'not in the grid'}; "
              f"best baseline (by CIDEr): {sweep['best_baseline'] or '–'}.", "",
              "## Ablation (mean ± sd over seeds)", ""]
-    lines += _table(["variant", "system", "seeds", "trainable parameters", "training s"] + labels,
+    lines += _table(["variant", "system", "seeds", "trainable parameters", "training s", *labels],
                     [[r["variant"], r["system"], r["seeds"], r["params"], r["train_s"]] + [r[x] for x in labels]
                      for r in rows])
     lines += ["", "## Paired tests (approximate randomisation; Δ = row − compared system)", ""]
     lines += _table(["system", "compared with"] + [f"Δ {label} (p)" for _, label in TESTED], paired_lines(scores))
     lines += ["", "## Every system, 95 % bootstrap intervals", ""]
-    lines += _table(["system"] + labels, per_seed_rows(scores))
+    lines += _table(["system", *labels], per_seed_rows(scores))
     lines += ["", f"![trainable parameters vs CIDEr]({FIGURE})", ""]
     return "\n".join(lines)
 
 
 def params_figure(scores: dict[str, Any]) -> bytes | None:
     """Trainable parameters vs CIDEr: one point per seed, the mean marked, per grid point and adapter system."""
-    from captune.report.figures import ADAPTER_COLOURS, _png
-
     from matplotlib.figure import Figure
+
+    from captune.report.figures import ADAPTER_COLOURS, _png
 
     rows = [r for r in ablation_rows(scores) if r["trainable"]]
     if not rows:
@@ -160,7 +161,7 @@ def summary_text(scores: dict[str, Any]) -> str:
     """What the CLI prints: the ablation table and the paired tests."""
     labels = [label for _, label in METRICS]
     rows = ablation_rows(scores)
-    lines = _table(["variant", "system", "trainable", "train s"] + labels,
+    lines = _table(["variant", "system", "trainable", "train s", *labels],
                    [[r["variant"], r["system"], r["params"], r["train_s"]] + [r[x] for x in labels] for r in rows])
     lines += ["", "paired tests (Δ = row − compared):"]
     lines += _table(["system", "vs"] + [f"Δ {label} (p)" for _, label in TESTED], paired_lines(scores))
