@@ -201,3 +201,19 @@ def test_ray_backend_trains_the_same_adapters_as_local(local_sweep: Path, sweep_
     local = json.loads((local_sweep / "scores.json").read_text())
     for system in report["systems_order"]:
         assert report["systems"][system]["metrics"] == local["systems"][system]["metrics"]
+
+
+@pytest.mark.slow
+def test_bench_sweep_tiny_checks_identity(tmp_path: Path) -> None:
+    """benchmarks/bench_sweep.py at its --tiny size, 2 placements: runs, times both arms, finds them identical."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sweep.py"
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location("bench_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--tiny", "--placements", "qformer,lm", "--out", str(tmp_path / "r.json")])
+    assert result["identical"] and set(result["adapters_equal"]) == {"qformer", "lm"}
+    assert len(result["scores_equal"]) == 2 * 4  # 3 baselines + lora-greedy per run
+    assert json.loads((tmp_path / "r.json").read_text())["seconds"]["sweep"] > 0

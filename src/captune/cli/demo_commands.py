@@ -43,7 +43,7 @@ def demo_command(
 
         scores = run_ablation(out, scale=scale, cache_dir=cache_dir, progress=not no_progress,
                               say=lambda s: status.print(s))
-        console.print(summary_text(scores), markup=False, highlight=False)
+        typer.echo(summary_text(scores))  # markdown: rich would wrap its rows
         status.print(f"report: {out / 'ablation' / 'report.md'}")
         return
     result = run_demo(out_dir=out, fresh=fresh, seed=seed, scale=scale, cache_dir=cache_dir,
