@@ -33,14 +33,80 @@ def train_variant(cfg, progress: bool = False, dataset=None) -> bool:
     return True
 
 
-def train_local(spec: SweepSpec, progress: bool = True, dataset=None, say: Callable[[str], None] = print) -> list[str]:
-    """Every variant in this process, one after another (one dataset load, one feature cache)."""
-    trained = []
-    for i, v in enumerate(spec.variants, 1):
-        say(f"[{i}/{len(spec.variants)}] {v.name}")
-        if train_variant(v.cfg, progress=progress, dataset=dataset):
-            trained.append(v.name)
+_DATASETS: dict[str, Any] = {}
+
+
+def _caption_job(cfg_data: dict[str, Any], adapter: bool) -> None:
+    """In the caption worker process: one variant's adapter systems (or the base systems) into its run
+    directory. The dataset is loaded once per worker."""
+    import json
+
+    import torch
+
+    from captune.config import config_from_dict
+    from captune.data import load_dataset_from_config
+    from captune.grid.run import run_grid
+
+    torch.set_num_threads(1)
+    cfg = config_from_dict(cfg_data)
+    key = json.dumps(cfg_data["data"], sort_keys=True)
+    if key not in _DATASETS:
+        _DATASETS[key] = load_dataset_from_config(cfg.data)
+    run_grid(cfg, adapter_dir=cfg.run_dir / "adapter" if adapter else None, progress=False,
+             dataset=_DATASETS[key], score=False, select=lambda s: s.adapter == adapter)
+
+
+class _CaptionWorker:
+    """Each finished variant is captioned in one child process while the next one trains (the base
+    systems during the first training), so a 2-core CPU does both at once. A process, not a thread:
+    loading an adapter creates LoRA layers with torch's global generator, which would change the
+    training's dropout masks beside it; here the training sees exactly the numbers it sees alone."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self.jobs: list = []
+
+    def submit(self, cfg, adapter: bool = True) -> None:
+        from captune.config import config_to_dict
+
+        self.jobs.append(self.pool.submit(_caption_job, config_to_dict(cfg), adapter))
+
+    def finish(self) -> None:
+        try:
+            for job in self.jobs:
+                job.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def train_local(spec: SweepSpec, progress: bool = True, dataset=None, say: Callable[[str], None] = print,
+                caption_while_training: bool = False) -> list[str]:
+    """Every variant in this process, one after another (one dataset load, one feature cache).
+    `caption_while_training`: caption each finished variant in a child process while the next trains."""
+    trained: list[str] = []
+    worker = _CaptionWorker() if caption_while_training else None
+    try:
+        if worker is not None:
+            worker.submit(baseline_config(spec), adapter=False)
+        for i, v in enumerate(spec.variants, 1):
+            say(f"[{i}/{len(spec.variants)}] {v.name}")
+            if train_variant(v.cfg, progress=progress, dataset=dataset):
+                trained.append(v.name)
+            if worker is not None:
+                worker.submit(v.cfg)
+    finally:
+        if worker is not None:
+            worker.finish()
     return trained
+
+
+def _cpu_only() -> bool:
+    import torch
+
+    return not torch.cuda.is_available() and not torch.backends.mps.is_available()
 
 
 def system_name(variant: str, system: str) -> str:
@@ -201,7 +267,8 @@ def run_sweep(spec: SweepSpec, backend: str = "local", progress: bool = True, da
     if backend == "ray":
         train_ray(spec, resources=resources, say=say)
     else:
-        train_local(spec, progress=progress, dataset=dataset, say=say)
+        train_local(spec, progress=progress, dataset=dataset, say=say,
+                    caption_while_training=spec.base.model.device in ("cpu", "auto") and _cpu_only())
     timings["train"] = time.perf_counter() - t
     t = time.perf_counter()
     say(f"captioning: {len(spec.variants)} adapters and the baselines ...")
