@@ -8,6 +8,7 @@ with paired tests of every variant against the config's own variant and the best
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,7 +107,7 @@ def train_local(spec: SweepSpec, progress: bool = True, dataset=None, say: Calla
 def _cpu_only() -> bool:
     import torch
 
-    return not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    return not torch.cuda.is_available() and not torch.backends.mps.is_available() and (os.cpu_count() or 1) >= 2
 
 
 def system_name(variant: str, system: str) -> str:
@@ -249,8 +250,11 @@ def sweep_meta(spec: SweepSpec, best: str | None, adapter_systems: list[str]) ->
 
 
 def run_sweep(spec: SweepSpec, backend: str = "local", progress: bool = True, dataset=None,
-              say: Callable[[str], None] = print, resources: dict[str, float] | None = None) -> dict[str, Any]:
-    """Train (local or Ray), caption, score, report. Rerunning finishes what was interrupted."""
+              say: Callable[[str], None] = print, resources: dict[str, float] | None = None,
+              caption_while_training: bool | None = None) -> dict[str, Any]:
+    """Train (local or Ray), caption, score, report. Rerunning finishes what was interrupted.
+    `caption_while_training` (local backend; default: on a CPU-only machine with >= 2 cores): caption each
+    finished variant in a child process while the next one trains."""
     from captune.data import load_dataset_from_config
 
     timings: dict[str, float] = {}
@@ -267,8 +271,9 @@ def run_sweep(spec: SweepSpec, backend: str = "local", progress: bool = True, da
     if backend == "ray":
         train_ray(spec, resources=resources, say=say)
     else:
-        train_local(spec, progress=progress, dataset=dataset, say=say,
-                    caption_while_training=spec.base.model.device in ("cpu", "auto") and _cpu_only())
+        if caption_while_training is None:
+            caption_while_training = spec.base.model.device in ("cpu", "auto") and _cpu_only()
+        train_local(spec, progress=progress, dataset=dataset, say=say, caption_while_training=caption_while_training)
     timings["train"] = time.perf_counter() - t
     t = time.perf_counter()
     say(f"captioning: {len(spec.variants)} adapters and the baselines ...")
