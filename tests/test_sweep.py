@@ -126,6 +126,8 @@ def test_local_sweep_scores_every_system_once_and_reports(local_sweep: Path) -> 
     report = (local_sweep / "report.md").read_text()
     assert "## Ablation" in report and "qformer+lm-s0/lora-greedy" in report
     assert (local_sweep / "params_vs_cider.png").read_bytes()[:4] == b"\x89PNG"
+    page = (local_sweep / "report.html").read_text()
+    assert "qformer+lm-s0/lora-greedy" in page and "data:image/png;base64," in page
 
 
 @pytest.mark.slow

@@ -92,25 +92,47 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
-def markdown(scores: dict[str, Any]) -> str:
+def _intro(scores: dict[str, Any]) -> str:
     sweep = scores["sweep"]
-    labels = [label for _, label in METRICS]
-    rows = ablation_rows(scores)
     grid = ", ".join(f"{k} ∈ {{{', '.join(map(str, v))}}}" for k, v in sweep["grid"])
-    lines = ["# captune sweep", "", f"Grid: {grid}; seeds {', '.join(map(str, sweep['seeds']))}; "
-             f"{scores['images']} evaluation images. The config's own variant: "
-             f"{sweep['own_group'] or 'not in the grid'}; "
-             f"best baseline (by CIDEr): {sweep['best_baseline'] or '–'}.", "",
-             "## Ablation (mean ± sd over seeds)", ""]
-    lines += _table(["variant", "system", "seeds", "trainable parameters", "training s", *labels],
-                    [[r["variant"], r["system"], r["seeds"], r["params"], r["train_s"]] + [r[x] for x in labels]
-                     for r in rows])
-    lines += ["", "## Paired tests (approximate randomisation; Δ = row − compared system)", ""]
-    lines += _table(["system", "compared with"] + [f"Δ {label} (p)" for _, label in TESTED], paired_lines(scores))
-    lines += ["", "## Every system, 95 % bootstrap intervals", ""]
-    lines += _table(["system", *labels], per_seed_rows(scores))
-    lines += ["", f"![trainable parameters vs CIDEr]({FIGURE})", ""]
-    return "\n".join(lines)
+    return (f"Grid: {grid}; seeds {', '.join(map(str, sweep['seeds']))}; {scores['images']} evaluation images. "
+            f"The config's own variant: {sweep['own_group'] or 'not in the grid'}; best baseline (by CIDEr): "
+            f"{sweep['best_baseline'] or '–'}.")
+
+
+def sections(scores: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+    """(title, header, rows) of the report's tables, shared by report.md and report.html."""
+    labels = [label for _, label in METRICS]
+    return [
+        ("Ablation (mean ± sd over seeds)",
+         ["variant", "system", "seeds", "trainable parameters", "training s", *labels],
+         [[r["variant"], r["system"], r["seeds"], r["params"], r["train_s"]] + [r[x] for x in labels]
+          for r in ablation_rows(scores)]),
+        ("Paired tests (approximate randomisation; Δ = row − compared system)",
+         ["system", "compared with"] + [f"Δ {label} (p)" for _, label in TESTED], paired_lines(scores)),
+        ("Every system, 95 % bootstrap intervals", ["system", *labels], per_seed_rows(scores)),
+    ]
+
+
+def markdown(scores: dict[str, Any]) -> str:
+    lines = ["# captune sweep", "", _intro(scores), ""]
+    for title, header, rows in sections(scores):
+        lines += [f"## {title}", "", *_table(header, rows), ""]
+    return "\n".join([*lines, f"![trainable parameters vs CIDEr]({FIGURE})", ""])
+
+
+def html_page(scores: dict[str, Any], png: bytes | None) -> str:
+    """report.html: the same tables and the figure inlined, in the run report's style."""
+    from captune.report.html import CSS, _simple_table, data_uri, esc
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>captune sweep</title><style>{CSS}</style>"
+             f"</head><body><h1>captune sweep</h1><p>{esc(_intro(scores))}</p>"]
+    for title, header, rows in sections(scores):
+        parts.append(f"<h2>{esc(title)}</h2>" + _simple_table(header, [[str(c) for c in r] for r in rows], 2))
+    if png is not None:
+        parts.append(f"<h2>Trainable parameters vs CIDEr</h2><img alt='trainable parameters vs CIDEr' "
+                     f"src='{data_uri(png, 'image/png')}'>")
+    return "".join(parts) + "</body></html>\n"
 
 
 def params_figure(scores: dict[str, Any]) -> bytes | None:
@@ -148,10 +170,11 @@ def params_figure(scores: dict[str, Any]) -> bytes | None:
 
 
 def write_report(out: Path, scores: dict[str, Any]) -> Path:
-    """DIR/report.md and DIR/params_vs_cider.png."""
+    """DIR/report.md, DIR/report.html and DIR/params_vs_cider.png."""
     png = params_figure(scores)
     if png is not None:
         atomic_write_bytes(out / FIGURE, png)
+    atomic_write_text(out / "report.html", html_page(scores, png))
     path = out / "report.md"
     atomic_write_text(path, markdown(scores))
     return path
