@@ -58,6 +58,7 @@ from captune.cli import (
     model_commands,
     report_commands,
     score_commands,
+    sweep_commands,
     train_commands,
 )
 

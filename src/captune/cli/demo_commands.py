@@ -24,6 +24,8 @@ def demo_command(
     scale: float = typer.Option(1.0, "--scale", help="Shrink the benchmark (e.g. 0.05 for a quick look)."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Cache for dataset and base model."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    ablation: bool = typer.Option(False, "--ablation", help="After `captune demo`: LoRA placements qformer, lm, "
+                                  "qformer+lm, qformer+lm-wide x 3 seeds, one grid, ablation table (OUT/ablation)."),
 ) -> None:
     """Zero-shot collapse vs prompts, sampling and LoRA on a synthetic fine-grained benchmark, with a report."""
     from captune.demo.pipeline import run_demo
@@ -35,6 +37,15 @@ def demo_command(
         from captune.errors import ConfigError
 
         raise ConfigError(f"--scale: must be in (0, 1], got {scale}")
+    if ablation:
+        from captune.sweep.demo import run_ablation
+        from captune.sweep.table import summary_text
+
+        scores = run_ablation(out, scale=scale, cache_dir=cache_dir, progress=not no_progress,
+                              say=lambda s: status.print(s))
+        typer.echo(summary_text(scores))  # markdown: rich would wrap its rows
+        status.print(f"report: {out / 'ablation' / 'report.md'}")
+        return
     result = run_demo(out_dir=out, fresh=fresh, seed=seed, scale=scale, cache_dir=cache_dir,
                       progress=not no_progress, say=lambda s: status.print(s))
     table = Table(title="captune demo: frozen base vs baselines vs LoRA (eval split)")

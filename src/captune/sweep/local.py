@@ -1,0 +1,295 @@
+"""Run a sweep: train every variant (here in sequence, or as Ray Tune trials), then one evaluation.
+
+The evaluation reuses the grid's own code: the config's base-model systems are captioned once into
+`DIR/baselines/`, each variant's adapter systems into its own run directory (vision features from the
+shared cache, so every image is encoded once), and one Scorer scores them all into `DIR/scores.json`,
+with paired tests of every variant against the config's own variant and the best baseline.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from captune.io import atomic_write_json
+from captune.sweep.spec import SweepSpec, Variant, baseline_config
+
+SCORES = "scores.json"
+
+
+def train_variant(cfg, progress: bool = False, dataset=None) -> bool:
+    """Train one variant as `captune run` would: skip a finished one, resume an interrupted one.
+    Returns True when it trained."""
+    from captune.pipeline import training_finished
+    from captune.train.checkpoint import complete_checkpoints
+    from captune.train.loop import train
+
+    if training_finished(cfg.run_dir):
+        return False
+    resume = bool(complete_checkpoints(cfg.run_dir / "train" / "checkpoints"))
+    train(cfg, resume=resume, progress=progress, dataset=dataset)
+    return True
+
+
+_DATASETS: dict[str, Any] = {}
+
+
+def _caption_job(cfg_data: dict[str, Any], adapter: bool) -> None:
+    """In the caption worker process: one variant's adapter systems (or the base systems) into its run
+    directory. The dataset is loaded once per worker."""
+    import json
+
+    import torch
+
+    from captune.config import config_from_dict
+    from captune.data import load_dataset_from_config
+    from captune.grid.run import run_grid
+
+    torch.set_num_threads(1)
+    cfg = config_from_dict(cfg_data)
+    key = json.dumps(cfg_data["data"], sort_keys=True)
+    if key not in _DATASETS:
+        _DATASETS[key] = load_dataset_from_config(cfg.data)
+    run_grid(cfg, adapter_dir=cfg.run_dir / "adapter" if adapter else None, progress=False,
+             dataset=_DATASETS[key], score=False, select=lambda s: s.adapter == adapter)
+
+
+class _CaptionWorker:
+    """Each finished variant is captioned in one child process while the next one trains (the base
+    systems during the first training), so a 2-core CPU does both at once. A process, not a thread:
+    loading an adapter creates LoRA layers with torch's global generator, which would change the
+    training's dropout masks beside it; here the training sees exactly the numbers it sees alone."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self.jobs: list = []
+
+    def submit(self, cfg, adapter: bool = True) -> None:
+        from captune.config import config_to_dict
+
+        self.jobs.append(self.pool.submit(_caption_job, config_to_dict(cfg), adapter))
+
+    def finish(self) -> None:
+        try:
+            for job in self.jobs:
+                job.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def train_local(spec: SweepSpec, progress: bool = True, dataset=None, say: Callable[[str], None] = print,
+                caption_while_training: bool = False) -> list[str]:
+    """Every variant in this process, one after another (one dataset load, one feature cache).
+    `caption_while_training`: caption each finished variant in a child process while the next trains."""
+    trained: list[str] = []
+    worker = _CaptionWorker() if caption_while_training else None
+    try:
+        if worker is not None:
+            worker.submit(baseline_config(spec), adapter=False)
+        for i, v in enumerate(spec.variants, 1):
+            say(f"[{i}/{len(spec.variants)}] {v.name}")
+            if train_variant(v.cfg, progress=progress, dataset=dataset):
+                trained.append(v.name)
+            if worker is not None:
+                worker.submit(v.cfg)
+    finally:
+        if worker is not None:
+            worker.finish()
+    return trained
+
+
+def _cpu_only() -> bool:
+    import torch
+
+    return not torch.cuda.is_available() and not torch.backends.mps.is_available() and (os.cpu_count() or 1) >= 2
+
+
+def system_name(variant: str, system: str) -> str:
+    return f"{variant}/{system}"
+
+
+def caption_all(spec: SweepSpec, progress: bool = True, dataset=None) -> dict[str, float]:
+    """The base-model systems once (DIR/baselines), each variant's adapter systems in its run directory.
+    Finished systems are read back, as in any grid."""
+    from captune.grid.run import run_grid
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    run_grid(baseline_config(spec), progress=progress, dataset=dataset, score=False,
+             select=lambda s: not s.adapter)
+    timings["baselines"] = time.perf_counter() - t
+    for v in spec.variants:
+        t = time.perf_counter()
+        run_grid(v.cfg, adapter_dir=v.run_dir / "adapter", progress=progress, dataset=dataset, score=False,
+                 select=lambda s: s.adapter)
+        timings[f"variant/{v.name}"] = time.perf_counter() - t
+    return timings
+
+
+def _files(system) -> list[str]:
+    from captune.grid.run import _sample_files
+
+    return _sample_files(system)
+
+
+def score_all(spec: SweepSpec, dataset, progress: bool = False) -> dict[str, Any]:
+    """One Scorer over every system of the sweep: DIR/scores.json (the grid's schema, plus `sweep`)."""
+    from captune.errors import UserError
+    from captune.grid.run import PRED_DIR, read_predictions, resolve_systems
+    from captune.metrics import Scorer, build_report
+
+    base = baseline_config(spec)
+    systems = resolve_systems(base, True)
+    baselines = [s for s in systems if not s.adapter]
+    adapters = [s for s in systems if s.adapter]
+    records = dataset.select(base.data.eval_split)
+    first = read_predictions_any(base.run_dir / PRED_DIR / f"{baselines[0].name}.json") if baselines else None
+    ids = first if first is not None else [r.image_id for r in records]
+    refs = {r.image_id: list(r.refs) for r in records if r.image_id in set(ids)}
+    image_ids = list(refs)
+
+    def read(path: Path) -> dict[int, str]:
+        got = read_predictions(path, image_ids)
+        if got is None:
+            raise UserError(f"{path}: predictions missing or damaged; rerun the sweep")
+        return got
+
+    captions: dict[str, dict[int, str]] = {}
+    for s in baselines:
+        for f in _files(s):
+            captions[f] = read(base.run_dir / PRED_DIR / f"{f}.json")
+    for v in spec.variants:
+        for s in adapters:
+            for f in _files(s):
+                captions[system_name(v.name, f)] = read(v.run_dir / PRED_DIR / f"{f}.json")
+    meteor, tokens = None, {}
+    if "coco" in base.eval.metrics:
+        from captune.metrics.meteor import start_meteor
+
+        meteor, _ = start_meteor(refs, tokens)
+    train_caps = [c for r in dataset.select(base.data.train_split) for c in r.refs] if base.data.train_split else None
+    with Scorer(refs, metrics=base.eval.metrics, bootstrap_samples=base.eval.bootstrap_samples,
+                seed=base.eval.bootstrap_seed, paired_trials=base.eval.paired_trials, spice=base.eval.spice or None,
+                train_captions=train_caps, meteor=meteor, token_cache=tokens, progress=progress) as scorer:
+        results = scorer.score(captions)
+        best = _best_baseline(baselines, results)
+        own = spec.own_point
+        own_by_seed = {v.seed: v.name for v in spec.variants if own is not None and v.point == own}
+        comparisons = []
+        for v in spec.variants:
+            for s in adapters:
+                a = system_name(v.name, s.name)
+                ref = own_by_seed.get(v.seed)
+                if ref is not None and ref != v.name:
+                    b = system_name(ref, s.name)
+                    comparisons.append((a, b, scorer.compare(results[a], results[b])))
+                if best is not None:
+                    comparisons.append((a, best, scorer.compare(results[a], results[best])))
+        names = [s.name for s in baselines] + [system_name(v.name, s.name) for v in spec.variants for s in adapters]
+        extra = {
+            "reference_system": base.eval.reference_system if base.eval.reference_system in names else names[0],
+            "systems_order": names,
+            "system_settings": {**{s.name: {"adapter": False, "samples": s.samples, **s.decode.__dict__}
+                                   for s in baselines},
+                                **{system_name(v.name, s.name): {"adapter": True, "samples": s.samples,
+                                                                 **s.decode.__dict__}
+                                   for v in spec.variants for s in adapters}},
+            "sweep": sweep_meta(spec, best, [s.name for s in adapters]),
+        }
+        report = build_report(scorer, {n: results[n] for n in names}, comparisons, extra=extra)
+    atomic_write_json(spec.out / SCORES, report)
+    return report
+
+
+def read_predictions_any(path: Path) -> list[int] | None:
+    """The image ids of a predictions file (the images the grid could read), or None."""
+    import json
+
+    try:
+        return [int(r["image_id"]) for r in json.loads(path.read_text(encoding="utf-8"))]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _best_baseline(baselines, results) -> str | None:
+    """The strongest base-model system by CIDEr (BLEU-4 without it): what every variant must beat."""
+    best = None
+    for s in baselines:
+        values = results[s.name].values()
+        score = values.get("coco/CIDEr") if values.get("coco/CIDEr") is not None else values.get("coco/BLEU-4")
+        if score is not None and (best is None or score > best[0]):
+            best = (score, s.name)
+    return best[1] if best else None
+
+
+def sweep_meta(spec: SweepSpec, best: str | None, adapter_systems: list[str]) -> dict[str, Any]:
+    """What the ablation table needs besides scores: points, seeds, parameters and training time."""
+    import json
+
+    variants = {}
+    for v in spec.variants:
+        try:
+            summary = json.loads((v.run_dir / "train" / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            summary = {}
+        params = summary.get("parameters", {})
+        variants[v.name] = {"group": v.group, "point": v.point, "seed": v.seed,
+                            "trainable": params.get("trainable"), "total": params.get("total"),
+                            "trainable_share": params.get("trainable_share"),
+                            "train_seconds": summary.get("train_seconds"), "steps": summary.get("steps")}
+    own = spec.own_point
+    return {"grid": [[k, vals] for k, vals in spec.grid], "seeds": spec.seeds, "variants": variants,
+            "own_group": next((v.group for v in spec.variants if own is not None and v.point == own), None),
+            "best_baseline": best, "adapter_systems": adapter_systems}
+
+
+def run_sweep(spec: SweepSpec, backend: str = "local", progress: bool = True, dataset=None,
+              say: Callable[[str], None] = print, resources: dict[str, float] | None = None,
+              caption_while_training: bool | None = None) -> dict[str, Any]:
+    """Train (local or Ray), caption, score, report. Rerunning finishes what was interrupted.
+    `caption_while_training` (local backend; default: on a CPU-only machine with >= 2 cores): caption each
+    finished variant in a child process while the next one trains."""
+    from captune.data import load_dataset_from_config
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if backend == "ray":  # fails in one line before the dataset loads when ray is missing
+        from captune.sweep.ray_backend import train_ray
+
+    dataset = dataset if dataset is not None else load_dataset_from_config(spec.base.data)
+    from captune.data.selection import plan_selection
+
+    for v in spec.variants:  # a config that selects on evaluated images fails before any training
+        plan_selection(v.cfg, dataset)
+    t = time.perf_counter()
+    if backend == "ray":
+        train_ray(spec, resources=resources, say=say)
+    else:
+        if caption_while_training is None:
+            caption_while_training = spec.base.model.device in ("cpu", "auto") and _cpu_only()
+        train_local(spec, progress=progress, dataset=dataset, say=say, caption_while_training=caption_while_training)
+    timings["train"] = time.perf_counter() - t
+    t = time.perf_counter()
+    say(f"captioning: {len(spec.variants)} adapters and the baselines ...")
+    timings.update({f"caption/{k}": v for k, v in caption_all(spec, progress=progress, dataset=dataset).items()})
+    timings["caption"] = time.perf_counter() - t
+    t = time.perf_counter()
+    report = score_all(spec, dataset, progress=progress)
+    timings["score"] = time.perf_counter() - t
+    from captune.sweep.table import write_report
+
+    t = time.perf_counter()
+    write_report(spec.out, report)
+    timings["report"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    atomic_write_json(spec.out / "sweep_timings.json", {k: round(v, 3) for k, v in timings.items()})
+    return report
+
+
+__all__ = ["Variant", "run_sweep", "score_all", "train_variant"]

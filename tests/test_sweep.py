@@ -1,0 +1,221 @@
+"""`captune sweep`: grid parsing and names, errors before training, a local sweep end to end (resume,
+report, ablation table), and the Ray backend giving the local backend's adapters."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from captune.cli import main
+from captune.errors import UserError
+from captune.sweep.spec import expand, parse_grid, parse_seeds, variant_names
+from captune.sweep.table import ablation_rows, markdown, paired_lines
+
+SYSTEMS = """
+eval:
+  metrics: [coco, rouge, diversity]
+  bootstrap_samples: 100
+  paired_trials: 200
+  human_baseline: false
+  systems:
+    - {name: zero-shot-greedy}
+    - {name: prompt-photo, prompt: "a photo of"}
+    - {name: lora-greedy, adapter: true}
+"""
+GRID = ["lora.preset=qformer,qformer+lm"]
+
+
+@pytest.fixture(scope="module")
+def sweep_config(tmp_path_factory, tiny_model_dirs) -> Path:
+    from captune.data.synth import generate_synth
+
+    root = tmp_path_factory.mktemp("sweep")
+    generate_synth(root / "synth", scale=0.005, size=32)
+    path = root / "run.yaml"
+    path.write_text(
+        f"name: base\noutput_dir: {root / 'runs'}\nmodel:\n  name_or_path: {tiny_model_dirs['opt']}\n"
+        f"data:\n  path: {root / 'synth'}\ntrain:\n  max_steps: 5\n  batch_size: 8\n  lr: 0.003\n"
+        "  checkpoint_every: 5\n  tensorboard: false\ngenerate:\n  max_new_tokens: 8\n" + SYSTEMS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_sweep(sweep_config: Path) -> Path:
+    """2 placements x 1 seed through the CLI: the sweep directory."""
+    out = sweep_config.parent / "local"
+    assert main(["sweep", str(sweep_config), "--grid", GRID[0], "--seeds", "0", "--out", str(out),
+                 "--no-progress"]) == 0
+    return out
+
+
+def _adapter(out: Path, name: str) -> dict:
+    return load_file(out / "variants" / name / "adapter" / "adapter_model.safetensors")
+
+
+def test_grid_values_are_typed_and_names_safe_and_unique() -> None:
+    grid = parse_grid(["lora.preset=qformer,qformer+lm", "lora.r=4,8", "train.lr=1e-3"])
+    assert grid == [("lora.preset", ["qformer", "qformer+lm"]), ("lora.r", [4, 8]), ("train.lr", [0.001])]
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    names = variant_names([{"lora.preset": "qformer", "lora.r": 4}, {"lora.preset": "lm/x y", "lora.r": 8}], [0, 1])
+    assert names == [["qformer-r4-s0", "qformer-r4-s1"], ["lm_x_y-r8-s0", "lm_x_y-r8-s1"]]
+    # Labels that collide once made safe fall back to key-qualified, then numbered names.
+    clash = variant_names([{"data.path": "a/b"}, {"data.path": "a b"}], [0])
+    assert len({n for row in clash for n in row}) == 2
+    assert all("/" not in n and " " not in n for row in clash for n in row)
+
+
+def test_expand_validates_every_variant_and_finds_the_configs_own_point(sweep_config: Path, tmp_path: Path) -> None:
+    spec = expand(sweep_config, [*GRID, "lora.r=4,8"], [0, 1], tmp_path)
+    assert [v.name for v in spec.variants][:3] == ["qformer-r4-s0", "qformer-r4-s1", "qformer-r8-s0"]
+    assert len(spec.variants) == 8
+    v = spec.variants[-1]
+    assert (v.cfg.lora.preset, v.cfg.lora.r, v.cfg.train.seed) == ("qformer+lm", 8, 1)
+    assert v.run_dir == tmp_path / "variants" / "qformer+lm-r8-s1"
+    assert v.cfg.train.feature_cache == "disk"  # one feature cache for every variant and the grid
+    assert spec.own_point == {"lora.preset": "qformer+lm", "lora.r": 8}  # the config's defaults
+    assert expand(sweep_config, ["lora.r=4"], None, tmp_path).own_point is None
+
+
+@pytest.mark.parametrize(("grid", "named"), [
+    ("lora.presett=qformer,lm", "lora.presett"),
+    ("lora.preset=qformer,middle", "middle"),
+    ("lora.r=8,eight", "lora.r"),
+    ("train.seed=1,2", "--seeds"),
+    ("lora.preset", "KEY=V1,V2"),
+])
+def test_bad_grid_is_one_line_before_anything_trains(sweep_config: Path, tmp_path: Path, capsys,
+                                                     grid: str, named: str) -> None:
+    out = tmp_path / "bad"
+    assert main(["sweep", str(sweep_config), "--grid", grid, "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("captune: error:") and named in err
+    assert not out.exists()
+
+
+def test_ray_missing_is_one_line_naming_the_extra(monkeypatch, sweep_config: Path, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    spec = expand(sweep_config, GRID, [0], tmp_path)
+    from captune.sweep.local import run_sweep
+
+    with pytest.raises(UserError, match=r"pip install captune\[ray\]"):
+        run_sweep(spec, backend="ray", progress=False)
+    assert not (tmp_path / "variants").exists()
+
+
+@pytest.mark.slow
+def test_local_sweep_scores_every_system_once_and_reports(local_sweep: Path) -> None:
+    scores = json.loads((local_sweep / "scores.json").read_text())
+    assert scores["systems_order"] == ["zero-shot-greedy", "prompt-photo", "qformer-s0/lora-greedy",
+                                       "qformer+lm-s0/lora-greedy"]
+    # Baselines decoded once into baselines/, each adapter system in its variant's run directory.
+    assert sorted(p.name for p in (local_sweep / "baselines" / "predictions").iterdir()) == [
+        "prompt-photo.json", "zero-shot-greedy.json"]
+    for name in ("qformer-s0", "qformer+lm-s0"):
+        run = local_sweep / "variants" / name
+        assert (run / "train" / "summary.json").is_file() and (run / "adapter" / "adapter_config.json").is_file()
+        assert [p.name for p in (run / "predictions").iterdir()] == ["lora-greedy.json"]
+    pairs = {(c["a"], c["b"]) for c in scores["comparisons"]}
+    best = scores["sweep"]["best_baseline"]
+    assert pairs == {("qformer-s0/lora-greedy", "qformer+lm-s0/lora-greedy"),
+                     ("qformer-s0/lora-greedy", best), ("qformer+lm-s0/lora-greedy", best)}
+    report = (local_sweep / "report.md").read_text()
+    assert "## Ablation" in report and "qformer+lm-s0/lora-greedy" in report
+    assert (local_sweep / "params_vs_cider.png").read_bytes()[:4] == b"\x89PNG"
+    page = (local_sweep / "report.html").read_text()
+    assert "qformer+lm-s0/lora-greedy" in page and "data:image/png;base64," in page
+
+
+@pytest.mark.slow
+def test_ablation_table_has_parameters_time_and_metrics(local_sweep: Path) -> None:
+    scores = json.loads((local_sweep / "scores.json").read_text())
+    rows = {r["variant"]: r for r in ablation_rows(scores)}
+    assert set(rows) == {"qformer", "qformer+lm"}
+    for group, row in rows.items():
+        summary = json.loads((local_sweep / "variants" / f"{group}-s0" / "train" / "summary.json").read_text())
+        assert row["trainable"] == summary["parameters"]["trainable"]
+        assert f"{summary['parameters']['trainable_share']:.2%}" in row["params"]
+        cider = scores["systems"][f"{group}-s0/lora-greedy"]["metrics"]["coco/CIDEr"]["value"]
+        assert row["CIDEr"] == f"{cider:.3f}"
+    assert rows["qformer"]["trainable"] < rows["qformer+lm"]["trainable"]
+    assert all(cell.count("(p ") == 2 for line in paired_lines(scores) for cell in [" ".join(line)])
+
+
+def test_mean_and_sd_over_seeds() -> None:
+    def system(cider: float) -> dict:
+        return {"metrics": {"coco/CIDEr": {"value": cider, "ci_low": cider - 0.1, "ci_high": cider + 0.1}}}
+
+    scores = {"images": 3, "systems_order": ["b", "v-s0/lora", "v-s1/lora"],
+              "systems": {"b": system(0.5), "v-s0/lora": system(1.0), "v-s1/lora": system(2.0)},
+              "comparisons": [{"a": "v-s0/lora", "b": "b", "metric": "coco/CIDEr", "delta": 0.5, "p_value": 1 / 201,
+                               "trials": 200}],
+              "sweep": {"grid": [["k", ["v"]]], "seeds": [0, 1], "own_group": "v", "best_baseline": "b",
+                        "adapter_systems": ["lora"],
+                        "variants": {n: {"group": "v", "seed": s, "trainable": 10, "trainable_share": 0.01,
+                                         "train_seconds": 3.0 + s} for s, n in enumerate(["v-s0", "v-s1"])}}}
+    (row,) = ablation_rows(scores)
+    assert row["CIDEr"] == "1.500 ± 0.707" and row["train_s"] == "3.5 ± 0.7" and row["seeds"] == 2
+    assert paired_lines(scores) == [["v-s0/lora", "b", "+0.500 (p ≤ 0.005)", "–"]]
+    assert "1.000 [0.900, 1.100]" in markdown(scores)
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_and_resumes_interrupted_variants(local_sweep: Path, sweep_config: Path) -> None:
+    before = {n: _adapter(local_sweep, n) for n in ("qformer-s0", "qformer+lm-s0")}
+    kept = local_sweep / "variants" / "qformer-s0" / "adapter" / "adapter_model.safetensors"
+    mtime = kept.stat().st_mtime_ns
+    # As if killed after its last checkpoint: resumed from it, not retrained.
+    (local_sweep / "variants" / "qformer+lm-s0" / "train" / "summary.json").unlink()
+    (local_sweep / "scores.json").unlink()
+    time.sleep(0.01)
+    assert main(["sweep", str(sweep_config), "--grid", GRID[0], "--seeds", "0", "--out", str(local_sweep),
+                 "--no-progress"]) == 0
+    assert kept.stat().st_mtime_ns == mtime  # finished: not retrained
+    assert (local_sweep / "variants" / "qformer+lm-s0" / "train" / "summary.json").is_file()
+    for name, tensors in before.items():
+        after = _adapter(local_sweep, name)
+        assert all((after[k] == tensors[k]).all() for k in tensors)
+    assert (local_sweep / "scores.json").is_file()
+
+
+@pytest.mark.slow
+def test_ray_backend_trains_the_same_adapters_as_local(local_sweep: Path, sweep_config: Path, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray", reason="ray not installed (pip install captune[ray])")
+    from captune.sweep.local import run_sweep
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": src, "OMP_NUM_THREADS": "1"}})
+    try:
+        spec = expand(sweep_config, GRID, [0], tmp_path)
+        report = run_sweep(spec, backend="ray", progress=False, say=lambda s: None)
+    finally:
+        ray.shutdown()
+    trials = sorted(p.name for p in (tmp_path / "ray" / "train").iterdir() if p.name.startswith("_trial"))
+    assert len(trials) == 2  # one Tune trial per variant
+    for name in ("qformer-s0", "qformer+lm-s0"):
+        a, b = _adapter(tmp_path, name), _adapter(local_sweep, name)
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    local = json.loads((local_sweep / "scores.json").read_text())
+    for system in report["systems_order"]:
+        assert report["systems"][system]["metrics"] == local["systems"][system]["metrics"]
+
+
+@pytest.mark.slow
+def test_bench_sweep_tiny_checks_identity(tmp_path: Path) -> None:
+    """benchmarks/bench_sweep.py at its --tiny size, 2 placements: runs, times both arms, finds them identical."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sweep.py"
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location("bench_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--tiny", "--placements", "qformer,lm", "--out", str(tmp_path / "r.json")])
+    assert result["identical"] and set(result["adapters_equal"]) == {"qformer", "lm"}
+    assert len(result["scores_equal"]) == 2 * 4  # 3 baselines + lora-greedy per run
+    assert json.loads((tmp_path / "r.json").read_text())["seconds"]["sweep"] > 0
