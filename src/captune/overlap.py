@@ -4,6 +4,7 @@
   adapter trains (decoding spends most of its time in torch kernels that release the GIL, so on a CPU
   the two share the cores; demo: ~10-15 s saved), METEOR fed each batch's captions as they come.
 - `start_human_baseline`: the human baseline and METEOR's reduced paraphrase table in a child process.
+- `CaptionWorker`: a sweep's finished variants captioned in a child process while the next one trains.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
+from typing import Any
 
 from captune.config import RunConfig, dump_config
 from captune.pipeline import PipelineResult, finish, run_pipeline, train_stage, training_finished
@@ -93,3 +95,52 @@ def start_human_baseline(cfg: RunConfig):
         return process
     except OSError:
         return None
+
+
+_DATASETS: dict[str, Any] = {}
+
+
+def _caption_job(cfg_data: dict[str, Any], adapter: bool) -> None:
+    """In the caption worker process: one variant's adapter systems (or the base systems) into its run
+    directory. The dataset is loaded once per worker."""
+    import json
+
+    import torch
+
+    from captune.config import config_from_dict
+    from captune.data import load_dataset_from_config
+    from captune.grid.run import only_systems, run_grid
+
+    torch.set_num_threads(1)
+    cfg = config_from_dict(cfg_data)
+    key = json.dumps(cfg_data["data"], sort_keys=True)
+    if key not in _DATASETS:
+        _DATASETS[key] = load_dataset_from_config(cfg.data)
+    run_grid(only_systems(cfg, adapter), adapter_dir=cfg.run_dir / "adapter" if adapter else None, progress=False,
+             dataset=_DATASETS[key], score=False)
+
+
+class CaptionWorker:
+    """A sweep's finished variants captioned in one child process while the next one trains (the base
+    systems during the first training), so a 2-core CPU does both at once. A process, not a thread:
+    loading an adapter creates LoRA layers with torch's global generator, which would change the
+    training's dropout masks beside it; here the training sees exactly the numbers it sees alone."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self.jobs: list = []
+
+    def submit(self, cfg, adapter: bool = True) -> None:
+        from captune.config import config_to_dict
+
+        self.jobs.append(self.pool.submit(_caption_job, config_to_dict(cfg), adapter))
+
+    def finish(self) -> None:
+        try:
+            for job in self.jobs:
+                job.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,12 @@ def resolve_systems(cfg: RunConfig, with_adapter: bool) -> list[System]:
         names = ", ".join(s.name for s in systems if s.adapter)
         raise UserError(f"systems {names} need an adapter; train first or pass --adapter DIR")
     return systems
+
+
+def only_systems(cfg: RunConfig, adapter: bool) -> RunConfig:
+    """The config with only its adapter systems (or only its base-model systems) in the grid."""
+    chosen = [s for s in resolve_systems(cfg, True) if s.adapter == adapter]
+    return replace(cfg, eval=replace(cfg.eval, systems=chosen))
 
 
 def read_predictions(path: Path, image_ids: list[int]) -> dict[int, str] | None:

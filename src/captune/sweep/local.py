@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from captune.io import atomic_write_json
+from captune.overlap import CaptionWorker
 from captune.sweep.spec import SweepSpec, Variant, baseline_config
 
 SCORES = "scores.json"
@@ -34,61 +35,12 @@ def train_variant(cfg, progress: bool = False, dataset=None) -> bool:
     return True
 
 
-_DATASETS: dict[str, Any] = {}
-
-
-def _caption_job(cfg_data: dict[str, Any], adapter: bool) -> None:
-    """In the caption worker process: one variant's adapter systems (or the base systems) into its run
-    directory. The dataset is loaded once per worker."""
-    import json
-
-    import torch
-
-    from captune.config import config_from_dict
-    from captune.data import load_dataset_from_config
-    from captune.grid.run import run_grid
-
-    torch.set_num_threads(1)
-    cfg = config_from_dict(cfg_data)
-    key = json.dumps(cfg_data["data"], sort_keys=True)
-    if key not in _DATASETS:
-        _DATASETS[key] = load_dataset_from_config(cfg.data)
-    run_grid(cfg, adapter_dir=cfg.run_dir / "adapter" if adapter else None, progress=False,
-             dataset=_DATASETS[key], score=False, select=lambda s: s.adapter == adapter)
-
-
-class _CaptionWorker:
-    """Each finished variant is captioned in one child process while the next one trains (the base
-    systems during the first training), so a 2-core CPU does both at once. A process, not a thread:
-    loading an adapter creates LoRA layers with torch's global generator, which would change the
-    training's dropout masks beside it; here the training sees exactly the numbers it sees alone."""
-
-    def __init__(self) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        self.jobs: list = []
-
-    def submit(self, cfg, adapter: bool = True) -> None:
-        from captune.config import config_to_dict
-
-        self.jobs.append(self.pool.submit(_caption_job, config_to_dict(cfg), adapter))
-
-    def finish(self) -> None:
-        try:
-            for job in self.jobs:
-                job.result()
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
 def train_local(spec: SweepSpec, progress: bool = True, dataset=None, say: Callable[[str], None] = print,
                 caption_while_training: bool = False) -> list[str]:
     """Every variant in this process, one after another (one dataset load, one feature cache).
     `caption_while_training`: caption each finished variant in a child process while the next trains."""
     trained: list[str] = []
-    worker = _CaptionWorker() if caption_while_training else None
+    worker = CaptionWorker() if caption_while_training else None
     try:
         if worker is not None:
             worker.submit(baseline_config(spec), adapter=False)
@@ -117,17 +69,16 @@ def system_name(variant: str, system: str) -> str:
 def caption_all(spec: SweepSpec, progress: bool = True, dataset=None) -> dict[str, float]:
     """The base-model systems once (DIR/baselines), each variant's adapter systems in its run directory.
     Finished systems are read back, as in any grid."""
-    from captune.grid.run import run_grid
+    from captune.grid.run import only_systems, run_grid
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    run_grid(baseline_config(spec), progress=progress, dataset=dataset, score=False,
-             select=lambda s: not s.adapter)
+    run_grid(only_systems(baseline_config(spec), False), progress=progress, dataset=dataset, score=False)
     timings["baselines"] = time.perf_counter() - t
     for v in spec.variants:
         t = time.perf_counter()
-        run_grid(v.cfg, adapter_dir=v.run_dir / "adapter", progress=progress, dataset=dataset, score=False,
-                 select=lambda s: s.adapter)
+        run_grid(only_systems(v.cfg, True), adapter_dir=v.run_dir / "adapter", progress=progress, dataset=dataset,
+                 score=False)
         timings[f"variant/{v.name}"] = time.perf_counter() - t
     return timings
 
