@@ -51,7 +51,7 @@ eval:
 
 
 def tiny_config(root: Path) -> Path:
-    from captune.data.synth import generate_synth
+    from captune.demo.synth import generate_synth
 
     from captune.model.tiny import TinySpec, save_tiny
 

@@ -32,7 +32,7 @@ GRID = ["lora.preset=qformer,qformer+lm"]
 
 @pytest.fixture(scope="module")
 def sweep_config(tmp_path_factory, tiny_model_dirs) -> Path:
-    from captune.data.synth import generate_synth
+    from captune.demo.synth import generate_synth
 
     root = tmp_path_factory.mktemp("sweep")
     generate_synth(root / "synth", scale=0.005, size=32)

@@ -274,8 +274,8 @@ def open_scorer(cfg: RunConfig, dataset, refs: dict[int, list[str]]):
 
         meteor, _ = start_meteor(refs, tokens)
     return Scorer(refs, metrics=cfg.eval.metrics, bootstrap_samples=cfg.eval.bootstrap_samples,
-                  seed=cfg.eval.bootstrap_seed, spice=cfg.eval.spice or None, train_captions=train_caps,
-                  meteor=meteor, token_cache=tokens)
+                  seed=cfg.eval.bootstrap_seed, paired_trials=cfg.eval.paired_trials, spice=cfg.eval.spice or None,
+                  train_captions=train_caps, meteor=meteor, token_cache=tokens)
 
 
 def score_grid(cfg: RunConfig, scorer, systems: list[System], image_ids: list[int], pred_dir: Path,

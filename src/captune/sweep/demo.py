@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from captune.errors import UserError
 
 PLACEMENTS = ["qformer", "lm", "qformer+lm", "qformer+lm-wide"]
 SEEDS = [0, 1, 2]
@@ -18,23 +21,22 @@ ABLATION_SYSTEMS = ["lora-greedy"]  # one adapter system keeps 12 trainings + gr
 
 
 def ablation_config(out: Path, scale: float = 1.0, cache_dir: str | Path | None = None):
-    """The demo's run config (its benchmark, base, feature cache and baselines) as `out/config.yaml`."""
-    from captune.config import config_from_dict, config_to_dict, dump_config
+    """demo.yaml on the demo's cached benchmark, seed-0 base and feature cache, with only the adapter systems
+    in ABLATION_SYSTEMS and no human baseline, written as `out/config.yaml`."""
+    from captune.config import dump_config
     from captune.demo.base import build_base, ensure_synth, feature_dir
-    from captune.demo.pipeline import DEMO_BOOTSTRAP, DEMO_METRICS, DEMO_SYSTEMS, default_cache_dir, scaled_settings
+    from captune.demo.pipeline import default_cache_dir, scaled_settings
     from captune.demo.recipe import demo_run_config
 
     settings = scaled_settings(0, scale)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     data_dir = ensure_synth(settings, cache)
     base = build_base(settings, cache)
-    cfg = demo_run_config(settings, data_dir, base, out, name="config", feature_dir=feature_dir(cache))
-    data = config_to_dict(cfg)
-    systems = [s for s in DEMO_SYSTEMS if not s.get("adapter") or s["name"] in ABLATION_SYSTEMS]
-    data["eval"].update(systems=systems, reference_system="zero-shot-greedy", bootstrap_samples=DEMO_BOOTSTRAP,
-                        bootstrap_seed=0, metrics=DEMO_METRICS, human_baseline=False)
+    cfg = demo_run_config(data_dir, base, out, name="config", feature_dir=feature_dir(cache),
+                          overrides=["eval.human_baseline=false"])
+    systems = [s for s in cfg.eval.systems or [] if not s.adapter or s.name in ABLATION_SYSTEMS]
     path = out / "config.yaml"
-    dump_config(config_from_dict(data), path)
+    dump_config(replace(cfg, eval=replace(cfg.eval, systems=systems)), path)
     return path, settings
 
 
@@ -44,23 +46,26 @@ def reuse_demo_baselines(demo_run: Path, baselines: Path, settings) -> list[str]
     so they are not decoded again."""
     import json
 
-    from captune.demo.pipeline import DEMO_SYSTEMS
+    from captune.config import load_config
     from captune.demo.recipe import DemoSettings
 
     try:
         theirs = DemoSettings(**json.loads((demo_run / "demo.json").read_text(encoding="utf-8"))["settings"])
-    except (OSError, ValueError, KeyError, TypeError):
+        systems = load_config(demo_run / "config.yaml").eval.systems or []
+        mine = {s.name: s for s in load_config(baselines.parent / "config.yaml").eval.systems or []}
+    except (OSError, ValueError, KeyError, TypeError, UserError):
         return []
-    if theirs.key("synth", "base", "eval") != settings.key("synth", "base", "eval"):
+    if theirs.key("synth", "base") != settings.key("synth", "base"):
         return []
     copied = []
-    for system in DEMO_SYSTEMS:
-        src = demo_run / "predictions" / f"{system['name']}.json"
+    for system in systems:
+        src = demo_run / "predictions" / f"{system.name}.json"
         dst = baselines / "predictions" / src.name
-        if not system.get("adapter") and src.is_file() and not dst.exists():
+        same = system.name in mine and mine[system.name] == system
+        if same and not system.adapter and src.is_file() and not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
-            copied.append(system["name"])
+            copied.append(system.name)
     return copied
 
 

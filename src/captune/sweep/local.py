@@ -92,8 +92,8 @@ def _files(system) -> list[str]:
 def score_all(spec: SweepSpec, dataset, progress: bool = False) -> dict[str, Any]:
     """One Scorer over every system of the sweep: DIR/scores.json (the grid's schema, plus `sweep`)."""
     from captune.errors import UserError
-    from captune.grid.run import PRED_DIR, read_predictions, resolve_systems
-    from captune.metrics import Scorer, build_report
+    from captune.grid.run import PRED_DIR, open_scorer, read_predictions, resolve_systems
+    from captune.metrics import build_report
 
     base = baseline_config(spec)
     systems = resolve_systems(base, True)
@@ -119,15 +119,8 @@ def score_all(spec: SweepSpec, dataset, progress: bool = False) -> dict[str, Any
         for s in adapters:
             for f in _files(s):
                 captions[system_name(v.name, f)] = read(v.run_dir / PRED_DIR / f"{f}.json")
-    meteor, tokens = None, {}
-    if "coco" in base.eval.metrics:
-        from captune.metrics.meteor import start_meteor
-
-        meteor, _ = start_meteor(refs, tokens)
-    train_caps = [c for r in dataset.select(base.data.train_split) for c in r.refs] if base.data.train_split else None
-    with Scorer(refs, metrics=base.eval.metrics, bootstrap_samples=base.eval.bootstrap_samples,
-                seed=base.eval.bootstrap_seed, paired_trials=base.eval.paired_trials, spice=base.eval.spice or None,
-                train_captions=train_caps, meteor=meteor, token_cache=tokens, progress=progress) as scorer:
+    with open_scorer(base, dataset, refs) as scorer:
+        scorer.progress = progress
         results = scorer.score(captions)
         best = _best_baseline(baselines, results)
         own = spec.own_point
