@@ -52,7 +52,6 @@ eval:
 
 def tiny_config(root: Path) -> Path:
     from captune.demo.synth import generate_synth
-
     from captune.model.tiny import TinySpec, save_tiny
 
     model = save_tiny(root / "opt", TinySpec(family="opt"))

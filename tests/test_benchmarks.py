@@ -15,7 +15,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = ["bench_train_step", "bench_grid", "bench_data", "bench_scaling", "gpu_full_size", "profile_cpu",
-           "gpu_smoke"]
+           "gpu_smoke", "bench_demo", "bench_shard"]
 
 
 def load(name: str) -> ModuleType:
@@ -109,3 +109,17 @@ def test_gpu_smoke_dry_run(tmp_path: Path) -> None:
         assert set(res["devices"].values()) == {"cpu"}
     assert result["full_size"]["exit"] == 0
     assert smoke.wrong_devices(result["families"], "cuda")  # on a GPU machine these records would fail it
+
+
+def test_compare_runs_finds_identical_and_different_runs(tmp_path: Path) -> None:
+    """The identical-output check of issue 18 can fail: a changed caption or score is reported."""
+    compare = load("compare_runs").compare
+    for name in ("a", "b"):
+        (tmp_path / name / "predictions").mkdir(parents=True)
+        (tmp_path / name / "predictions" / "s.json").write_text('[{"image_id": 1, "caption": "a dog"}]')
+        (tmp_path / name / "scores.json").write_text('{"systems": {"s": 0.5}, "timings": {"x": %d}}' % len(name))
+    assert compare(tmp_path / "a", tmp_path / "b") == []  # timings differ, results do not
+    (tmp_path / "b" / "scores.json").write_text('{"systems": {"s": 0.6}}')
+    (tmp_path / "b" / "predictions" / "s.json").write_text('[{"image_id": 1, "caption": "a cat"}]')
+    found = compare(tmp_path / "a", tmp_path / "b")
+    assert any("s.json" in d for d in found) and any("systems.s" in d for d in found)
