@@ -117,7 +117,7 @@ def test_compare_runs_finds_identical_and_different_runs(tmp_path: Path) -> None
     for name in ("a", "b"):
         (tmp_path / name / "predictions").mkdir(parents=True)
         (tmp_path / name / "predictions" / "s.json").write_text('[{"image_id": 1, "caption": "a dog"}]')
-        (tmp_path / name / "scores.json").write_text('{"systems": {"s": 0.5}, "timings": {"x": %d}}' % len(name))
+        (tmp_path / name / "scores.json").write_text(json.dumps({"systems": {"s": 0.5}, "timings": {"x": ord(name)}}))
     assert compare(tmp_path / "a", tmp_path / "b") == []  # timings differ, results do not
     (tmp_path / "b" / "scores.json").write_text('{"systems": {"s": 0.6}}')
     (tmp_path / "b" / "predictions" / "s.json").write_text('[{"image_id": 1, "caption": "a cat"}]')

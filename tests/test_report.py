@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from captune.report import build_report, parse_formats
+from captune.report.latex import latex_escape
 from captune.report.load import RunData
-from captune.report.tables import latex_escape, main_table, num
+from captune.report.tables import main_table, num
 
 INJECT = "<script>alert(1)</script>"
 BREAKOUT = "</script><!-- <script>alert(2)</script>"

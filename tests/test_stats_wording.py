@@ -64,14 +64,8 @@ def _run(tmp_path, comparisons: list[dict], metrics: dict[str, float]):
 
 
 def test_report_tables_count_comparisons_and_offer_holm(tmp_path) -> None:
-    from captune.report.tables import (
-        PAIRED_HEADERS,
-        comparisons_note,
-        main_table,
-        main_table_latex,
-        paired_rows,
-        reading_note,
-    )
+    from captune.report.latex import main_table_latex
+    from captune.report.tables import PAIRED_HEADERS, comparisons_note, main_table, paired_rows, reading_note
 
     metrics = {"coco/BLEU-4": 0.2, "coco/CIDEr": 0.5, "div/TTR": 0.3, "div/seq-rep-4": 0.01}
     ps = {("a", "coco/BLEU-4"): 1 / 1001, ("a", "coco/CIDEr"): 0.02, ("b", "coco/BLEU-4"): 0.3,

@@ -10,7 +10,6 @@ Under a multi-process launch each process captions a share of the batches (`capt
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +28,6 @@ from captune.progress import Bar
 
 PRED_DIR = "predictions"
 META_FILE = "grid_meta.json"
-_META_LOCK = threading.Lock()
 
 
 @dataclass
@@ -83,10 +81,9 @@ def read_devices(run_dir: Path) -> dict[str, str]:
 
 def record_devices(run_dir: Path, names: list[str], device: str) -> None:
     """Add `names` -> `device` to grid_meta.json (systems of one grid may be captioned in several runs)."""
-    with _META_LOCK:
-        devices = read_devices(run_dir)
-        devices.update({n: device for n in names})
-        atomic_write_json(run_dir / META_FILE, {"devices": devices})
+    devices = read_devices(run_dir)  # one writer at a time: captune.overlap joins its thread before the grid
+    devices.update({n: device for n in names})
+    atomic_write_json(run_dir / META_FILE, {"devices": devices})
 
 
 def _sample_files(system: System) -> list[str]:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import GPT2Tokenizer, PreTrainedTokenizerBase, T5Tokenizer
+from transformers import GPT2Tokenizer, T5Tokenizer
 
 # A small caption-like corpus of our own so the default tiny vocabulary has real words as tokens.
 BUILTIN_CORPUS: tuple[str, ...] = (
@@ -107,6 +107,3 @@ def t5_tokenizer_from_dir(path: str | Path) -> T5Tokenizer:
     """The real Flan-T5 SentencePiece model from a folder holding `spiece.model`."""
     return T5Tokenizer.from_pretrained(str(path))
 
-
-def tokenizer_vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
-    return len(tokenizer)

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 
 from captune.errors import UserError
 from captune.io import atomic_write_bytes, atomic_write_text
+from captune.report.latex import main_table_latex
 from captune.report.load import RunData, load_run
-from captune.report.tables import MainTable, legend, main_table, main_table_latex, reading_note
+from captune.report.tables import MainTable, legend, main_table, reading_note
 
 if TYPE_CHECKING:
     from captune.report.gallery import Gallery
