@@ -150,11 +150,6 @@ def _read_jsonl(path: Path, collector: _Collector, log: ProblemLog, prefix: str 
         collector.add(row, f"{label} line {number}", prefix, folder_split)
 
 
-def _read_json_list(path: Path, data: list[Any], collector: _Collector) -> None:
-    for position, row in enumerate(data):
-        collector.add(row, f"{path.name}[{position}]")
-
-
 def _read_csv(path: Path, collector: _Collector, log: ProblemLog, prefix: str = "",
               folder_split: str | None = None) -> None:
     label = path.name if not prefix else f"{prefix}{path.name}"
@@ -227,7 +222,8 @@ def load_captions_file(
     if fmt == "csv":
         _read_csv(path, collector, log)
     elif isinstance(data, list):
-        _read_json_list(path, data, collector)
+        for position, row in enumerate(data):
+            collector.add(row, f"{path.name}[{position}]")
     else:
         _read_jsonl(path, collector, log)
     base = path.parent
