@@ -15,7 +15,6 @@ from captune.config import load_config
 console = Console()
 DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (overrides model.device; auto: CUDA when present)."
 DTYPE_HELP = "fp32 | bf16 | fp16 (overrides model.dtype)."
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @app.command("eval")

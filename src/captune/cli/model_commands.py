@@ -16,12 +16,9 @@ console = Console()
 
 
 def _fmt(n: int) -> str:
-    if n >= 1e9:
-        return f"{n / 1e9:.3f} B"
-    if n >= 1e6:
-        return f"{n / 1e6:.2f} M"
-    if n >= 1e3:
-        return f"{n / 1e3:.1f} k"
+    for size, digits, unit in ((1e9, 3, "B"), (1e6, 2, "M"), (1e3, 1, "k")):
+        if n >= size:
+            return f"{n / size:.{digits}f} {unit}"
     return str(n)
 
 
@@ -162,10 +159,9 @@ def export(
             "captune_adapter": record}
     if merge:
         export_merged(peft_model, loaded.processor, out)
-        atomic_write_json(out / "captune_export.json", meta)
         console.print(f"merged model written to {out} (load with Blip2ForConditionalGeneration.from_pretrained)")
     else:
         save_adapter(peft_model, out, record)
-        atomic_write_json(out / "captune_export.json", meta)
         console.print(f"adapter written to {out} (PEFT layout{', with ' + CAPTUNE_ADAPTER if record else ''})")
+    atomic_write_json(out / "captune_export.json", meta)
     typer.echo(f"exported on {meta['device']} ({model_cfg.dtype})", err=True)  # a status line: stderr

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from captune.cli import app, say
 from captune.config import load_config
-
-if TYPE_CHECKING:
-    pass
 
 console = Console()
 

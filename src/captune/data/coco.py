@@ -13,14 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from captune.data.karpathy import read_json
-from captune.data.records import (
-    Entry,
-    LoadedDataset,
-    ProblemLog,
-    build_records,
-    clean_captions,
-    guess_image_root,
-)
+from captune.data.records import Entry, LoadedDataset, ProblemLog, clean_captions, finish_dataset
 from captune.errors import DataError
 
 
@@ -106,17 +99,8 @@ def load_coco(
               where=files[i][1], image_id=i)
         for i in order
     ]
-    if image_root is not None:
-        root_dir = Path(os.path.abspath(image_root))
-        if not root_dir.is_dir():
-            raise DataError(f"{root_dir}: image folder not found; fix --image-root / data.image_root")
-    else:
-        base = path.parent
-        # captions_val2014.json usually sits in annotations/ beside val2014/.
-        year_dir = path.stem.split("_", 1)[-1]
-        candidates = [base, base / year_dir, base.parent / year_dir, base / "images", base.parent / "images",
-                      base.parent]
-        root_dir = guess_image_root(candidates, entries)
-    records = build_records(entries, root_dir, log, path)
-    dataset = LoadedDataset(records=records, format="coco", root=path, image_root=root_dir)
-    return log.fill(dataset)
+    base = path.parent
+    # captions_val2014.json usually sits in annotations/ beside val2014/.
+    year_dir = path.stem.split("_", 1)[-1]
+    candidates = [base, base / year_dir, base.parent / year_dir, base / "images", base.parent / "images", base.parent]
+    return finish_dataset(entries, image_root, candidates, log, path, "coco")

@@ -22,10 +22,9 @@ from captune.data.records import (
     Entry,
     LoadedDataset,
     ProblemLog,
-    build_records,
     canonical_split,
     clean_captions,
-    guess_image_root,
+    finish_dataset,
     read_text_lines,
 )
 from captune.errors import DataError
@@ -151,11 +150,6 @@ def _read_jsonl(path: Path, collector: _Collector, log: ProblemLog, prefix: str 
         collector.add(row, f"{label} line {number}", prefix, folder_split)
 
 
-def _read_json_list(path: Path, data: list[Any], collector: _Collector) -> None:
-    for position, row in enumerate(data):
-        collector.add(row, f"{path.name}[{position}]")
-
-
 def _read_csv(path: Path, collector: _Collector, log: ProblemLog, prefix: str = "",
               folder_split: str | None = None) -> None:
     label = path.name if not prefix else f"{prefix}{path.name}"
@@ -209,15 +203,7 @@ def _finish(path: Path, fmt: str, collector: _Collector, log: ProblemLog, image_
             candidates: list[Path]) -> LoadedDataset:
     if not collector.any_split:
         log.note(f"{path.name}: no split column; every image is put in 'train' (add a 'split' column to change)")
-    entries = collector.entries("train")
-    if image_root is not None:
-        root_dir = Path(os.path.abspath(image_root))
-        if not root_dir.is_dir():
-            raise DataError(f"{root_dir}: image folder not found; fix --image-root / data.image_root")
-    else:
-        root_dir = guess_image_root(candidates, entries)
-    records = build_records(entries, root_dir, log, path)
-    return log.fill(LoadedDataset(records=records, format=fmt, root=path, image_root=root_dir))
+    return finish_dataset(collector.entries("train"), image_root, candidates, log, path, fmt)
 
 
 def load_captions_file(
@@ -236,7 +222,8 @@ def load_captions_file(
     if fmt == "csv":
         _read_csv(path, collector, log)
     elif isinstance(data, list):
-        _read_json_list(path, data, collector)
+        for position, row in enumerate(data):
+            collector.add(row, f"{path.name}[{position}]")
     else:
         _read_jsonl(path, collector, log)
     base = path.parent
@@ -290,5 +277,4 @@ def load_imagefolder(
             _read_csv(meta_path, collector, log, prefix, folder_split)
         else:
             _read_jsonl(meta_path, collector, log, prefix, folder_split)
-    result = _finish(root, "imagefolder", collector, log, image_root if image_root is not None else None, [root])
-    return result
+    return _finish(root, "imagefolder", collector, log, image_root, [root])

@@ -16,10 +16,9 @@ from captune.data.records import (
     Entry,
     LoadedDataset,
     ProblemLog,
-    build_records,
     canonical_split,
     clean_captions,
-    guess_image_root,
+    finish_dataset,
     name_of,
 )
 from captune.errors import DataError
@@ -107,13 +106,5 @@ def load_karpathy(
         image_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
         entries.append(Entry(file=file, split=split, refs=refs, where=where, image_id=image_id,
                              name=name_of(item["filename"])))
-    if image_root is not None:
-        root_dir = Path(os.path.abspath(image_root))
-        if not root_dir.is_dir():
-            raise DataError(f"{root_dir}: image folder not found; fix --image-root / data.image_root")
-    else:
-        base = path.parent
-        root_dir = guess_image_root([base, *(base / n for n in IMAGE_DIR_NAMES)], entries)
-    records = build_records(entries, root_dir, log, path)
-    dataset = LoadedDataset(records=records, format="karpathy", root=path, image_root=root_dir)
-    return log.fill(dataset)
+    base = path.parent
+    return finish_dataset(entries, image_root, [base, *(base / n for n in IMAGE_DIR_NAMES)], log, path, "karpathy")

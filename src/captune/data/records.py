@@ -306,3 +306,17 @@ def build_records(entries: list[Entry], image_root: Path, log: ProblemLog, sourc
             "pass --image-root / data.image_root pointing at the image folder"
         )
     return records
+
+
+def finish_dataset(entries: list[Entry], image_root: str | os.PathLike[str] | None, candidates: list[Path],
+                   log: ProblemLog, source: Path, fmt: str) -> LoadedDataset:
+    """What every index-file loader ends with: the image folder (the given one, else the first candidate
+    holding the first images), the records built under it, the log's problems and notes attached."""
+    if image_root is not None:
+        root_dir = Path(os.path.abspath(image_root))
+        if not root_dir.is_dir():
+            raise DataError(f"{root_dir}: image folder not found; fix --image-root / data.image_root")
+    else:
+        root_dir = guess_image_root(candidates, entries)
+    records = build_records(entries, root_dir, log, source)
+    return log.fill(LoadedDataset(records=records, format=fmt, root=source, image_root=root_dir))

@@ -125,17 +125,13 @@ def _count_is_true(claim: tuple[str | None, str | None, int], objects: list[Synt
 def judge(parsed: ParsedCaption, objects: list[SynthObject]) -> dict[str, tuple[int, int, int, int]]:
     """Per category: (asserted, correct, true facts, true facts asserted)."""
     facts = true_facts(objects)
-    relations = {_canonical(r) for r in parsed.relations}
+    # A pair, size or relation is correct exactly when it is a true fact; a count may be true without
+    # being one of the counted facts (a single shape's "one red circle").
+    claims = {"pairs": parsed.pairs, "sizes": parsed.sizes, "relations": {_canonical(r) for r in parsed.relations}}
+    out = {k: (len(c), len(c & facts[k]), len(facts[k]), len(c & facts[k])) for k, c in claims.items()}
     correct_counts = sum(_count_is_true(c, objects) for c in parsed.counts)
-    return {
-        "pairs": (len(parsed.pairs), len(parsed.pairs & facts["pairs"]), len(facts["pairs"]),
-                  len(parsed.pairs & facts["pairs"])),
-        "sizes": (len(parsed.sizes), len(parsed.sizes & facts["sizes"]), len(facts["sizes"]),
-                  len(parsed.sizes & facts["sizes"])),
-        "relations": (len(relations), len(relations & facts["relations"]), len(facts["relations"]),
-                      len(relations & facts["relations"])),
-        "counts": (len(parsed.counts), correct_counts, len(facts["counts"]), len(parsed.counts & facts["counts"])),
-    }
+    out["counts"] = (len(parsed.counts), correct_counts, len(facts["counts"]), len(parsed.counts & facts["counts"]))
+    return out
 
 
 def alignment_scores(captions: dict[str, str], truth: dict[str, list[SynthObject]]) -> dict[str, Any]:

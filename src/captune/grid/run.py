@@ -9,6 +9,7 @@ Under a multi-process launch each process captions a share of the batches (`capt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -172,9 +173,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
             captioner = Captioner(model, loaded.processor, loaded.family)
             image_processor = loaded.processor.image_processor
             dtype = next(captioner.blip.vision_model.parameters()).dtype
-            directory = None
-            if cfg.train.feature_cache == "disk":
-                directory = cfg.train.feature_directory()
+            directory = cfg.train.feature_directory() if cfg.train.feature_cache == "disk" else None
             store = store_for(model, cfg.model.name_or_path, cfg.model.revision, image_processor, directory, dtype)
             keys = [image_file_key(r.path) for r in records]
             bs = cfg.generate.batch_size
@@ -261,10 +260,8 @@ def open_scorer(cfg: RunConfig, dataset, refs: dict[int, list[str]]):
 
     train_caps = None
     if cfg.data.train_split:
-        try:
+        with contextlib.suppress(DataError):
             train_caps = [c for r in dataset.select(cfg.data.train_split) for c in r.refs]
-        except DataError:
-            train_caps = None
     meteor, tokens = None, {}
     if "coco" in cfg.eval.metrics:  # the shared JVM, with the reduced paraphrase table when one is cached
         from captune.metrics.meteor_pipeline import start_meteor
@@ -298,10 +295,7 @@ def score_grid(cfg: RunConfig, scorer, systems: list[System], image_ids: list[in
         for baseline in dict.fromkeys(best.values()):
             if system.adapter and baseline != reference:
                 comparisons.append((system.name, baseline, scorer.compare(results[system.name], results[baseline])))
-    samples = {}
-    for system in systems:
-        if system.samples > 1:
-            samples[system.name] = _sample_spread([results[f] for f in _sample_files(system)])
+    samples = {s.name: _sample_spread([results[f] for f in _sample_files(s)]) for s in systems if s.samples > 1}
     extra = {
         "reference_system": reference,
         "best_baselines": {"criterion": BEST_BY, **best},
@@ -375,16 +369,15 @@ MAIN_METRICS = ["coco/BLEU-1", "coco/BLEU-4", "coco/METEOR", "coco/ROUGE-L", "co
 def write_results_table(run_dir: Path, report: dict[str, Any]) -> None:
     """results.md / results.json: one row per system, the main metrics with 95 % intervals."""
     rows = []
+    lines = ["| system | " + " | ".join(MAIN_METRICS) + " |", "|---" * (len(MAIN_METRICS) + 1) + "|"]
     for name in report.get("systems_order", list(report["systems"])):
         metrics = report["systems"][name]["metrics"]
         rows.append({"system": name, **{m: metrics.get(m, {}).get("value") for m in MAIN_METRICS}})
-    atomic_write_json(run_dir / "results.json", {"metrics": MAIN_METRICS, "rows": rows})
-    lines = ["| system | " + " | ".join(MAIN_METRICS) + " |", "|---" * (len(MAIN_METRICS) + 1) + "|"]
-    for name in report.get("systems_order", list(report["systems"])):
         cells = []
         for m in MAIN_METRICS:
-            entry = report["systems"][name]["metrics"].get(m) or {}
+            entry = metrics.get(m) or {}
             v, lo, hi = entry.get("value"), entry.get("ci_low"), entry.get("ci_high")
             cells.append("–" if v is None else (f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{v:.3f}"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    atomic_write_json(run_dir / "results.json", {"metrics": MAIN_METRICS, "rows": rows})
     atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")

@@ -230,30 +230,32 @@ class Bleu:
         return "Bleu"
 
 
-class Cider:
-    """pycocoevalcap-compatible CIDEr-D: `compute_score` -> (mean, per-image array)."""
+class _PerImage:
+    """pycocoevalcap-compatible mean of one per-image `CocoReferences` score: -> (mean, per-image array)."""
+
+    score = ""  # the CocoReferences method
+    name = ""
 
     def compute_score(self, gts: Mapping[Any, Sequence[str]], res: Mapping[Any, Sequence[str]]) -> Any:
         ids = _check(gts, res)
-        refs = CocoReferences({i: gts[i] for i in ids})
-        scores = np.array([refs.cider(i, res[i][0]) for i in ids])
+        score = getattr(CocoReferences({i: gts[i] for i in ids}), self.score)
+        scores = np.array([score(i, res[i][0]) for i in ids])
         return float(np.mean(scores)), scores
 
     def method(self) -> str:
-        return "CIDEr"
+        return self.name
 
 
-class RougeL:
-    """pycocoevalcap-compatible ROUGE-L: `compute_score` -> (mean, per-image array)."""
+class Cider(_PerImage):
+    """CIDEr-D."""
 
-    def compute_score(self, gts: Mapping[Any, Sequence[str]], res: Mapping[Any, Sequence[str]]) -> Any:
-        ids = _check(gts, res)
-        refs = CocoReferences({i: gts[i] for i in ids})
-        scores = np.array([refs.rouge_l(i, res[i][0]) for i in ids])
-        return float(np.mean(scores)), scores
+    score, name = "cider", "CIDEr"
 
-    def method(self) -> str:
-        return "Rouge"
+
+class RougeL(_PerImage):
+    """ROUGE-L."""
+
+    score, name = "rouge_l", "Rouge"
 
 
 class Meteor:

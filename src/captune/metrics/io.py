@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -106,6 +106,13 @@ def _by_names(p: Path, data: list[dict[str, Any]], names: Mapping[int, str] | No
     return [ids[0] for ids in found]
 
 
+def _refuse_bad(p: Path, data: list[dict[str, Any]], key: str, ok: Callable[[Any], bool], what: str) -> None:
+    """A one-line error when any entry's `key` fails `ok`: how many, and the first."""
+    bad = [k for k, e in enumerate(data) if not ok(e[key])]
+    if bad:
+        raise DataError(f"{p}: {len(bad)} of {len(data)} {what} (first: {data[bad[0]][key]!r} at entry #{bad[0]})")
+
+
 def load_predictions(path: str | Path, names: Mapping[int, str] | None = None,
                      described: str = "the references") -> dict[int, str]:
     """Predictions JSON -> {image_id: caption}: a list of {"image_id": int, "caption": str} (COCO results
@@ -131,12 +138,10 @@ def load_predictions(path: str | Path, names: Mapping[int, str] | None = None,
         first = next(k for k, e in enumerate(data) if "image_id" not in e)
         raise DataError(f"{p}: {len(by_id)} entries name images by \"image_id\" and {len(data) - len(by_id)} only "
                         f"by \"{_name_key(data[first])}\" (first: entry #{first}); use one key for every entry")
+    if by_id:
+        _refuse_bad(p, data, "image_id", _is_int, "image_ids are not integers")
+    _refuse_bad(p, data, "caption", lambda c: isinstance(c, str), "captions are not strings")
     if not by_id:
-        bad_caps = [k for k, e in enumerate(data) if not isinstance(e["caption"], str)]
-        if bad_caps:
-            first = data[bad_caps[0]]["caption"]
-            raise DataError(f"{p}: {len(bad_caps)} of {len(data)} captions are not strings "
-                            f"(first: {first!r} at entry #{bad_caps[0]})")
         ids = _by_names(p, data, names, described)
         seen: dict[int, int] = {}
         for k, image_id in enumerate(ids):
@@ -145,18 +150,6 @@ def load_predictions(path: str | Path, names: Mapping[int, str] | None = None,
                                 f"({names[image_id]!r}); give one caption per image")  # type: ignore[index]
             seen[image_id] = k
         return {i: e["caption"] for i, e in zip(ids, data, strict=True)}
-    bad_ids = [k for k, e in enumerate(data) if not _is_int(e["image_id"])]
-    if bad_ids:
-        first = data[bad_ids[0]]["image_id"]
-        raise DataError(
-            f"{p}: {len(bad_ids)} of {len(data)} image_ids are not integers (first: {first!r} at entry #{bad_ids[0]})"
-        )
-    bad_caps = [k for k, e in enumerate(data) if not isinstance(e["caption"], str)]
-    if bad_caps:
-        first = data[bad_caps[0]]["caption"]
-        raise DataError(
-            f"{p}: {len(bad_caps)} of {len(data)} captions are not strings (first: {first!r} at entry #{bad_caps[0]})"
-        )
     counts = Counter(e["image_id"] for e in data)
     dups = [i for i, c in counts.items() if c > 1]
     if dups:

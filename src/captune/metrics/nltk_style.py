@@ -223,10 +223,6 @@ class NltkMeteor:
         low = [w.lower() for w in tokens]
         return list(enumerate(low)), [self.stem(w) for w in low]
 
-    def single(self, reference: Sequence[str], hypothesis: Sequence[str]) -> float:
-        """NLTK's single_meteor_score."""
-        return self._single(self._prepared(reference), self._prepared(hypothesis))
-
     def _single(self, ref_p: tuple[list[tuple[int, str]], list[str]],
                 hyp_p: tuple[list[tuple[int, str]], list[str]]) -> float:
         hyp, hyp_stems = hyp_p

@@ -108,8 +108,6 @@ class VisionFeatureStore:
         self._index: dict[str, str] = {}
         self._open: dict[str, object] = {}  # shard name -> open safetensors handle
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._load_index()
@@ -179,20 +177,21 @@ class VisionFeatureStore:
     def ensure(self, keys: Sequence[str], compute: Callable[[list[int]], torch.Tensor], batch_size: int = 32,
                progress: Callable[[int], None] | None = None) -> None:
         """Compute features for missing keys in batches; `compute(indices)` returns their features."""
-        missing = [i for i, key in enumerate(keys) if key not in self]
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
-        seen: set[str] = set()
-        todo = []
-        for i in missing:
-            if keys[i] not in seen:
-                seen.add(keys[i])
-                todo.append(i)
+        todo = _first_missing(keys, self)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             self.put([keys[i] for i in chunk], compute(chunk))
             if progress is not None:
                 progress(len(chunk))
+
+
+def _first_missing(keys: Sequence[str], store: VisionFeatureStore) -> list[int]:
+    """The first index of each key not yet in `store`, in order (a key listed twice is computed once)."""
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key not in store:
+            first.setdefault(key, i)
+    return list(first.values())
 
 
 def store_for(model: torch.nn.Module, name_or_path: str, revision: str | None, image_processor,
@@ -219,12 +218,7 @@ def encode_readable(paths: Sequence[str | os.PathLike[str]], keys: Sequence[str]
     readability check is the decode); `progress(n)` after each batch. Returns {index: error} for the
     unreadable ones."""
     errors: dict[int, str] = {}
-    first = {}
-    for i, key in enumerate(keys):
-        if key not in store:
-            first.setdefault(key, i)
-    todo = sorted(first.values())
-    store.hits += len(keys) - len(todo)
+    todo = _first_missing(keys, store)
     for start in range(0, len(todo), batch_size):
         images, done = [], []
         for i in todo[start:start + batch_size]:
@@ -234,7 +228,6 @@ def encode_readable(paths: Sequence[str | os.PathLike[str]], keys: Sequence[str]
             except DataError as exc:
                 errors[i] = str(exc)
         if images:
-            store.misses += len(images)
             store.put([keys[i] for i in done], encode(image_processor(images, return_tensors="pt")["pixel_values"]))
         if progress is not None:
             progress(len(todo[start:start + batch_size]))

@@ -108,11 +108,7 @@ def _cell(entry: dict[str, Any] | None, metric: str) -> Cell:
 
 def comparisons(run: RunData) -> dict[tuple[str, str], dict[str, Any]]:
     """(system, metric) -> the paired test of that system against the reference."""
-    out = {}
-    for c in run.scores.get("comparisons") or []:
-        if c.get("b") == run.reference:
-            out[(c["a"], c["metric"])] = c
-    return out
+    return {(c["a"], c["metric"]): c for c in run.scores.get("comparisons") or [] if c.get("b") == run.reference}
 
 
 def main_table(run: RunData, columns: tuple[Column, ...] = MAIN_COLUMNS) -> MainTable:
