@@ -182,3 +182,15 @@ def test_ddp_two_processes_share_the_disk_cache(tiny_model_dirs, colour_data: Pa
     two = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
     for key in one:
         assert torch.allclose(one[key], two[key], atol=2e-4, rtol=1e-2), key
+
+
+@pytest.mark.parametrize("argv", [["run", "cfg.yaml"], ["sweep", "cfg.yaml", "--grid", "lora.r=4,8"], ["demo"]])
+def test_untested_launch_modes_are_refused_in_one_line(argv, monkeypatch, capsys):
+    """Under torchrun / accelerate launch only `train` and `eval` are tested (data parallel); the commands
+    that combine stages refuse in one line instead of hanging or writing one report per process."""
+    from captune.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"`captune {argv[0]}` runs in one process" in err[0] and "captune train" in err[0]

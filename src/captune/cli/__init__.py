@@ -45,6 +45,15 @@ def say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def one_process_only(command: str) -> None:
+    """Refuse a command under a multi-process launch it is not tested under (WORLD_SIZE > 1, as torchrun and
+    `accelerate launch` set it): `train` and `eval` are (data parallel); `run`, `sweep` and `demo` are not."""
+    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
+        extra = "; for variants in parallel use --backend ray" if command == "sweep" else ""
+        raise UserError(f"`captune {command}` runs in one process; under torchrun / accelerate launch run "
+                        f"`captune train CONFIG`, then `captune eval CONFIG` (both data parallel){extra}")
+
+
 def deprecated(old: str, new: str) -> None:
     """One line for a spelling kept one release for old scripts (CLI style: `--out` everywhere, ...)."""
     say(f"captune: warning: {old} is deprecated and goes in the next release; use {new}")

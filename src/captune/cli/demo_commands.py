@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from captune.cli import app, deprecated
+from captune.cli import app, deprecated, one_process_only
 
 console = Console(width=None if sys.stdout.isatty() else 110)  # piped: rich would assume 80 columns
 status = Console(stderr=True, highlight=False)
@@ -29,6 +29,8 @@ def demo_command(
 ) -> None:
     """Zero-shot collapse vs prompts, sampling and LoRA on a synthetic fine-grained benchmark, with a report."""
     from captune.demo.pipeline import run_demo
+
+    one_process_only("demo")
 
     if out_dir is not None:
         deprecated("--out-dir", "--out")

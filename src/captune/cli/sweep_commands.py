@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from captune.cli import app, say
+from captune.cli import app, one_process_only, say
 
 
 @app.command("sweep")
@@ -25,6 +25,8 @@ def sweep_command(
     """Train every variant (grid × seeds), evaluate all adapters and the baselines in one grid, report."""
     from captune.errors import ConfigError
     from captune.sweep.local import run_sweep
+
+    one_process_only("sweep")
     from captune.sweep.spec import expand, parse_seeds
     from captune.sweep.table import summary_text
 

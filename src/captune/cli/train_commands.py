@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from captune.cli import app, say
+from captune.cli import app, one_process_only, say
 from captune.config import load_config
 
 console = Console()
@@ -41,6 +41,8 @@ def run_command(
 ) -> None:
     """Train, run the evaluation grid and write the report in one run directory (rerun to resume)."""
     from captune.pipeline import run_pipeline
+
+    one_process_only("run")
 
     cfg = load_config(config, set_)
     result = run_pipeline(cfg, progress=not no_progress)
