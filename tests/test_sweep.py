@@ -219,3 +219,47 @@ def test_bench_sweep_tiny_checks_identity(tmp_path: Path) -> None:
     assert result["identical"] and set(result["adapters_equal"]) == {"qformer", "lm"}
     assert len(result["scores_equal"]) == 2 * 4  # 3 baselines + lora-greedy per run
     assert json.loads((tmp_path / "r.json").read_text())["seconds"]["sweep"] > 0
+
+
+def test_one_loaded_base_serves_every_variants_grid(local_sweep: Path, sweep_config: Path, tmp_path: Path) -> None:
+    """The sweep's captioning loads the base once: each grid takes its adapter off again, so every variant's
+    captions equal those of a grid on a freshly loaded model, and the base ends without LoRA layers."""
+    import shutil
+    from dataclasses import replace
+
+    from captune.data import load_dataset_from_config
+    from captune.grid.run import only_systems, run_grid
+    from captune.model.load import load_blip2
+    from captune.sweep.local import caption_all
+    from captune.sweep.spec import expand
+
+    copy = tmp_path / "copy"
+    shutil.copytree(local_sweep, copy)
+    for pred in copy.rglob("predictions/*.json"):
+        pred.unlink()  # every grid must caption again
+    spec = expand(sweep_config, GRID, [0], copy)
+    dataset = load_dataset_from_config(spec.base.data)
+    loads = []
+    import captune.grid.run as grid_module
+    import captune.model.load as load_module
+
+    real = load_module.load_blip2
+    monkey = pytest.MonkeyPatch()
+    for module in (load_module, grid_module):
+        monkey.setattr(module, "load_blip2", lambda *a, **k: loads.append(1) or real(*a, **k), raising=False)
+    try:
+        caption_all(spec, progress=False, dataset=dataset)
+    finally:
+        monkey.undo()
+    assert len(loads) == 1  # one base for the baselines and both variants
+    for v in spec.variants:
+        fresh = replace(only_systems(v.cfg, True), output_dir=str(tmp_path / "fresh"), name=v.name)
+        run_grid(fresh, adapter_dir=v.run_dir / "adapter", progress=False, dataset=dataset, score=False)
+        for pred in (v.run_dir / "predictions").glob("*.json"):
+            assert pred.read_bytes() == (tmp_path / "fresh" / v.name / "predictions" / pred.name).read_bytes()
+    base = load_blip2(spec.base.model)
+    again = replace(only_systems(spec.variants[0].cfg, True), output_dir=str(tmp_path / "again"))
+    run_grid(again, adapter_dir=spec.variants[0].run_dir / "adapter", progress=False, dataset=dataset, score=False,
+             loaded=base)  # captions with the adapter on, then takes it off
+    assert (tmp_path / "again" / again.name / "predictions").is_dir()
+    assert not any("lora_" in n for n, _ in base.model.named_parameters())

@@ -98,6 +98,7 @@ def start_human_baseline(cfg: RunConfig):
 
 
 _DATASETS: dict[str, Any] = {}
+_MODELS: dict[str, Any] = {}
 
 
 def _caption_job(cfg_data: dict[str, Any], adapter: bool) -> None:
@@ -116,8 +117,13 @@ def _caption_job(cfg_data: dict[str, Any], adapter: bool) -> None:
     key = json.dumps(cfg_data["data"], sort_keys=True)
     if key not in _DATASETS:
         _DATASETS[key] = load_dataset_from_config(cfg.data)
+    model_key = json.dumps(cfg_data["model"], sort_keys=True)
+    if model_key not in _MODELS:  # one base per worker; each grid takes its adapter off again
+        from captune.model.load import load_blip2
+
+        _MODELS[model_key] = load_blip2(cfg.model)
     run_grid(only_systems(cfg, adapter), adapter_dir=cfg.run_dir / "adapter" if adapter else None, progress=False,
-             dataset=_DATASETS[key], score=False)
+             dataset=_DATASETS[key], score=False, loaded=_MODELS[model_key])
 
 
 class CaptionWorker:

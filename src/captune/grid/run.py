@@ -96,7 +96,8 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
     """Caption the eval split with every system, write predictions and scores into the run directory.
 
     `scorer`: an open Scorer (`open_scorer`; the caller closes it) fed each batch's captions, also with
-    `score=False`. `loaded`: the base model as `load_blip2` returns it, instead of loading `cfg.model`. `fuse=False`:
+    `score=False`. `loaded`: the base model as `load_blip2` returns it, instead of loading `cfg.model` (an adapter the
+    grid puts on it is taken off again, so one loaded base serves several grids). `fuse=False`:
     one `generate` call per system and batch (same captions; for measuring what fusing gains)."""
     from captune.data import load_dataset_from_config
     from captune.generate.captioner import Captioner, DecodeJob
@@ -161,13 +162,16 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                 scorer.prefetch({f: read_predictions(pred_dir / f"{f}.json", image_ids) or {}
                                  for f in _sample_files(system)})
 
+    attached = None  # an adapter put on the caller's `loaded` model: taken off again at the end
     try:
         if todo:
             t = time.perf_counter()
+            theirs = loaded is not None
             loaded = loaded or load_blip2(cfg.model, device=resolve_device(cfg.model.device, shard.state))
             model = loaded.model
             if any(s.adapter for s in todo):
                 model = load_adapter(model, adapter_path)
+                attached = model if theirs else None
             model.eval()
             timings["load_model"] = time.perf_counter() - t
             captioner = Captioner(model, loaded.processor, loaded.family)
@@ -246,6 +250,8 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
             result.scores = score_grid(cfg, scorer, systems, image_ids, pred_dir, skipped, progress=progress)
             timings["score"] = time.perf_counter() - t
     finally:
+        if attached is not None:
+            attached.unload()  # the LoRA layers out, the caller's base model as it was (weights untouched)
         if scorer is not None and scorer is not given:
             scorer.close()
     timings["total"] = time.perf_counter() - t0

@@ -67,19 +67,22 @@ def system_name(variant: str, system: str) -> str:
 
 
 def caption_all(spec: SweepSpec, progress: bool = True, dataset=None) -> dict[str, float]:
-    """The base-model systems once (DIR/baselines), each variant's adapter systems in its run directory.
-    Finished systems are read back, as in any grid."""
-    from captune.grid.run import only_systems, run_grid
+    """The base-model systems once (DIR/baselines), each variant's adapter systems in its run directory,
+    all on one loaded base model (each grid takes its adapter off again). Finished systems are read back,
+    as in any grid."""
+    from captune.grid.run import PRED_DIR, only_systems, run_grid
+    from captune.model.load import load_blip2
 
+    grids = [(only_systems(baseline_config(spec), False), None, "baselines")]
+    grids += [(only_systems(v.cfg, True), v.run_dir / "adapter", f"variant/{v.name}") for v in spec.variants]
+    missing = any(not (cfg.run_dir / PRED_DIR / f"{f}.json").is_file()
+                  for cfg, _, _ in grids for s in cfg.eval.systems or [] for f in _files(s))
+    loaded = load_blip2(grids[0][0].model) if missing else None  # on model.device
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    run_grid(only_systems(baseline_config(spec), False), progress=progress, dataset=dataset, score=False)
-    timings["baselines"] = time.perf_counter() - t
-    for v in spec.variants:
+    for cfg, adapter, label in grids:
         t = time.perf_counter()
-        run_grid(only_systems(v.cfg, True), adapter_dir=v.run_dir / "adapter", progress=progress, dataset=dataset,
-                 score=False)
-        timings[f"variant/{v.name}"] = time.perf_counter() - t
+        run_grid(cfg, adapter_dir=adapter, progress=progress, dataset=dataset, score=False, loaded=loaded)
+        timings[label] = time.perf_counter() - t
     return timings
 
 
