@@ -253,12 +253,12 @@ def test_one_loaded_base_serves_every_variants_grid(local_sweep: Path, sweep_con
         monkey.undo()
     assert len(loads) == 1  # one base for the baselines and both variants
     for v in spec.variants:
-        fresh = replace(only_systems(v.cfg, True), output_dir=str(tmp_path / "fresh"), name=v.name)
+        fresh = replace(only_systems(v.cfg, lambda s: s.adapter), output_dir=str(tmp_path / "fresh"), name=v.name)
         run_grid(fresh, adapter_dir=v.run_dir / "adapter", progress=False, dataset=dataset, score=False)
         for pred in (v.run_dir / "predictions").glob("*.json"):
             assert pred.read_bytes() == (tmp_path / "fresh" / v.name / "predictions" / pred.name).read_bytes()
     base = load_blip2(spec.base.model)
-    again = replace(only_systems(spec.variants[0].cfg, True), output_dir=str(tmp_path / "again"))
+    again = replace(only_systems(spec.variants[0].cfg, lambda s: s.adapter), output_dir=str(tmp_path / "again"))
     run_grid(again, adapter_dir=spec.variants[0].run_dir / "adapter", progress=False, dataset=dataset, score=False,
              loaded=base)  # captions with the adapter on, then takes it off
     assert (tmp_path / "again" / again.name / "predictions").is_dir()

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from captune.config import RunConfig, load_config
-from captune.errors import ConfigError
 
 if TYPE_CHECKING:
-    from captune.data.records import LoadedDataset
     from captune.demo.synth import SynthSummary
     from captune.pipeline import PipelineResult
     from captune.report import ReportPaths
@@ -30,7 +28,7 @@ PathLike = str | os.PathLike[str]
 
 # `finetune` and `write_report`, not `train` / `report`: those names are captune's subpackages, and an
 # import of `captune.train.loop` would replace a function of that name on the package.
-__all__ = ["caption", "check_enough_captions", "evaluate", "finetune", "load_config", "run", "score", "synthesize",
+__all__ = ["caption", "evaluate", "finetune", "load_config", "run", "score", "synthesize",
            "write_report"]
 
 
@@ -38,28 +36,16 @@ def _config(config: RunConfig | PathLike) -> RunConfig:
     return config if isinstance(config, RunConfig) else load_config(config)
 
 
-def check_enough_captions(cfg: RunConfig, dataset: LoadedDataset) -> None:
-    """One optimizer step needs batch_size x grad_accum captions; with fewer the epoch loop never steps."""
-    tc = cfg.train
-    records = dataset.select(cfg.data.train_split)
-    pairs = sum(len(r.refs) for r in records) if tc.captions_per_image == "all" else sum(1 for r in records if r.refs)
-    per_step = tc.batch_size * tc.grad_accum
-    if records and pairs < per_step:
-        raise ConfigError(
-            f"config key 'train.batch_size': split {cfg.data.train_split!r} of {cfg.data.path} has {pairs} training "
-            f"captions, fewer than one step's train.batch_size x train.grad_accum = {per_step}; lower "
-            "train.batch_size (or add data)"
-        )
-
-
 def finetune(config: RunConfig | PathLike, *, resume: bool = False, progress: bool = False) -> TrainResult:
     """Fine-tune the LoRA adapters; the adapter lands in `RUN_DIR/adapter` (PEFT layout)."""
     from captune.data import load_dataset_from_config
     from captune.train.loop import train as train_loop
+    from captune.train.setup import check_enough_captions
 
     cfg = _config(config)
     dataset = load_dataset_from_config(cfg.data)
-    check_enough_captions(cfg, dataset)
+    split = cfg.data.train_split  # checked here, before minutes of model loading
+    check_enough_captions(cfg, dataset.select(split), f"split {split!r} of {cfg.data.path}")
     return train_loop(cfg, resume=resume, progress=progress, dataset=dataset)
 
 

@@ -9,6 +9,11 @@ from importlib import metadata
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "captune")
 
 
+def launched_processes() -> int:
+    """How many processes `accelerate launch` / torchrun started for this job (WORLD_SIZE; 1 when not launched)."""
+    return int(os.environ.get("WORLD_SIZE", "1").strip() or 1)
+
+
 def library_versions() -> dict[str, str]:
     out = {}
     for name in LIBRARIES:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
 from typing import Any
 
 from captune.config import RunConfig, dump_config
@@ -29,19 +28,18 @@ def run_side_by_side(cfg: RunConfig, progress: bool = True, dataset=None, report
 
     from captune.data import load_dataset_from_config
     from captune.data.selection import plan_selection
-    from captune.grid.run import open_scorer, resolve_systems, run_grid
+    from captune.grid.run import only_systems, open_scorer, run_grid
     from captune.model.load import load_blip2
 
     dataset = dataset if dataset is not None else load_dataset_from_config(cfg.data)
-    early = [s for s in resolve_systems(cfg, True) if not s.adapter and not s.decode.global_rng]
-    if training_finished(cfg.run_dir) or not early:
+    early_cfg = only_systems(cfg, lambda s: not s.adapter and not s.decode.global_rng)
+    if training_finished(cfg.run_dir) or not early_cfg.eval.systems:
         return run_pipeline(cfg, progress, dataset, report)
     plan_selection(cfg, dataset)  # a config that selects on evaluated images fails before any work
     # Built here, before train() builds its own: `from_pretrained` swaps torch's init functions for no-ops
     # process-wide while it builds, so a build beside train's would leave its LoRA layers uninitialised.
     loaded = load_blip2(cfg.model)
     scorer = open_scorer(cfg, dataset, {r.image_id: list(r.refs) for r in dataset.select(cfg.data.eval_split)})
-    early_cfg = replace(cfg, eval=replace(cfg.eval, systems=early))
     done: dict = {}  # the thread's grid timings, or its error
 
     def caption() -> None:
@@ -122,8 +120,9 @@ def _caption_job(cfg_data: dict[str, Any], adapter: bool) -> None:
         from captune.model.load import load_blip2
 
         _MODELS[model_key] = load_blip2(cfg.model)
-    run_grid(only_systems(cfg, adapter), adapter_dir=cfg.run_dir / "adapter" if adapter else None, progress=False,
-             dataset=_DATASETS[key], score=False, loaded=_MODELS[model_key])
+    adapter_dir = cfg.run_dir / "adapter" if adapter else None
+    run_grid(only_systems(cfg, lambda s: s.adapter == adapter), adapter_dir=adapter_dir,
+             progress=False, dataset=_DATASETS[key], score=False, loaded=_MODELS[model_key])
 
 
 class CaptionWorker:

@@ -14,6 +14,7 @@ import warnings
 import typer
 
 from captune import __version__
+from captune.env import launched_processes
 from captune.errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
 
 app = typer.Typer(
@@ -48,7 +49,7 @@ def say(message: str) -> None:
 def one_process_only(command: str) -> None:
     """Refuse a command under a multi-process launch it is not tested under (WORLD_SIZE > 1, as torchrun and
     `accelerate launch` set it): `train` and `eval` are (data parallel); `run`, `sweep` and `demo` are not."""
-    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
+    if launched_processes() > 1:
         extra = "; for variants in parallel use --backend ray" if command == "sweep" else ""
         raise UserError(f"`captune {command}` runs in one process; under torchrun / accelerate launch run "
                         f"`captune train CONFIG`, then `captune eval CONFIG` (both data parallel){extra}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from captune.errors import DataError, UserError
 from captune.faults import maybe_kill
 from captune.grid.shard import current_shard, merge
 from captune.io import atomic_write_json, atomic_write_text
+from captune.metrics.results import value_with_ci
 from captune.progress import Bar
 
 PRED_DIR = "predictions"
@@ -51,10 +53,9 @@ def resolve_systems(cfg: RunConfig, with_adapter: bool) -> list[System]:
     return systems
 
 
-def only_systems(cfg: RunConfig, adapter: bool) -> RunConfig:
-    """The config with only its adapter systems (or only its base-model systems) in the grid."""
-    chosen = [s for s in resolve_systems(cfg, True) if s.adapter == adapter]
-    return replace(cfg, eval=replace(cfg.eval, systems=chosen))
+def only_systems(cfg: RunConfig, keep: Callable[[System], bool]) -> RunConfig:
+    """The config with only the grid's systems that `keep` accepts (e.g. the adapter systems)."""
+    return replace(cfg, eval=replace(cfg.eval, systems=[s for s in resolve_systems(cfg, True) if keep(s)]))
 
 
 def read_predictions(path: Path, image_ids: list[int]) -> dict[int, str] | None:
@@ -87,7 +88,7 @@ def record_devices(run_dir: Path, names: list[str], device: str) -> None:
     atomic_write_json(run_dir / META_FILE, {"devices": devices})
 
 
-def _sample_files(system: System) -> list[str]:
+def sample_files(system: System) -> list[str]:
     return [system.name] + [f"{system.name}.sample-{k}" for k in range(1, system.samples)]
 
 
@@ -147,7 +148,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
 
     pred_dir = run_dir / PRED_DIR
     todo = [s for s in systems if any(read_predictions(pred_dir / f"{n}.json", image_ids) is None
-                                      for n in _sample_files(s))]
+                                      for n in sample_files(s))]
     reused = [s.name for s in systems if s not in todo]
 
     given = scorer
@@ -160,7 +161,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
         for system in systems:
             if system.name in reused:
                 scorer.prefetch({f: read_predictions(pred_dir / f"{f}.json", image_ids) or {}
-                                 for f in _sample_files(system)})
+                                 for f in sample_files(system)})
 
     attached = None  # an adapter put on the caller's `loaded` model: taken off again at the end
     try:
@@ -214,7 +215,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                 # positions) is computed once per adapter state and shared by the systems of that state.
                 for state in sorted({s.adapter for s in todo}):
                     group = [s for s in todo if s.adapter == state]
-                    captions: dict[str, dict[int, list[str]]] = {f: {} for s in group for f in _sample_files(s)}
+                    captions: dict[str, dict[int, list[str]]] = {f: {} for s in group for f in sample_files(s)}
                     for i in starts:
                         feats = lm_inputs[state][i]
                         t = time.perf_counter()
@@ -223,7 +224,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                         # Every system's captions of this batch; compatible systems share a generate call.
                         jobs = [DecodeJob(feats, system.decode, state, system.decode.seed + 1000 * k + i, prefix,
                                           name=fname)
-                                for system in group for k, fname in enumerate(_sample_files(system))]
+                                for system in group for k, fname in enumerate(sample_files(system))]
                         for job, out in zip(jobs, captioner.generate_jobs(jobs, fuse, timings), strict=True):
                             captions[job.name][i] = [c[0] for c in out]
                             bar.advance(len(out), job.name)
@@ -236,7 +237,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                     ordered = merge([p[0] for p in parts])
                     device = " + ".join(dict.fromkeys(p[1] for p in parts))
                     for system in group:
-                        for fname in _sample_files(system):
+                        for fname in sample_files(system):
                             write_predictions(pred_dir / f"{fname}.json", image_ids, ordered[fname])
                         record_devices(run_dir, [system.name], device)
                         written += 1
@@ -286,7 +287,7 @@ def score_grid(cfg: RunConfig, scorer, systems: list[System], image_ids: list[in
 
     captions = {}
     for system in systems:
-        for fname in _sample_files(system):
+        for fname in sample_files(system):
             got = read_predictions(pred_dir / f"{fname}.json", image_ids)
             if got is None:
                 raise UserError(f"{pred_dir / (fname + '.json')}: predictions missing or damaged; rerun captune eval")
@@ -301,7 +302,7 @@ def score_grid(cfg: RunConfig, scorer, systems: list[System], image_ids: list[in
         for baseline in dict.fromkeys(best.values()):
             if system.adapter and baseline != reference:
                 comparisons.append((system.name, baseline, scorer.compare(results[system.name], results[baseline])))
-    samples = {s.name: _sample_spread([results[f] for f in _sample_files(s)]) for s in systems if s.samples > 1}
+    samples = {s.name: _sample_spread([results[f] for f in sample_files(s)]) for s in systems if s.samples > 1}
     extra = {
         "reference_system": reference,
         "best_baselines": {"criterion": BEST_BY, **best},
@@ -379,11 +380,7 @@ def write_results_table(run_dir: Path, report: dict[str, Any]) -> None:
     for name in report.get("systems_order", list(report["systems"])):
         metrics = report["systems"][name]["metrics"]
         rows.append({"system": name, **{m: metrics.get(m, {}).get("value") for m in MAIN_METRICS}})
-        cells = []
-        for m in MAIN_METRICS:
-            entry = metrics.get(m) or {}
-            v, lo, hi = entry.get("value"), entry.get("ci_low"), entry.get("ci_high")
-            cells.append("–" if v is None else (f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{v:.3f}"))
+        cells = [value_with_ci(metrics.get(m) or {}) for m in MAIN_METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     atomic_write_json(run_dir / "results.json", {"metrics": MAIN_METRICS, "rows": rows})
     atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")

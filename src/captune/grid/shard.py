@@ -9,11 +9,12 @@ return once their captions are handed over. In one process nothing changes.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from captune.env import launched_processes
 
 Batches = dict[str, dict[int, list[str]]]  # prediction file -> {batch start: captions}
 
@@ -46,7 +47,7 @@ class Shard:
 def current_shard() -> Shard:
     """This process's share: one process unless launched with WORLD_SIZE > 1 (then the process group
     is set up by accelerate, gloo on CPUs, each process on its own GPU otherwise)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if launched_processes() <= 1:
         return Shard()
     from accelerate import PartialState
 

@@ -105,3 +105,13 @@ def build_report(scorer: Scorer, results: Mapping[str, SystemResult],
     if extra:
         report.update(extra)
     return report
+
+
+def value_with_ci(entry: dict[str, Any], digits: int = 3) -> str:
+    """A scores.json metric entry as `value [low, high]` (`–` when it has no value), for Markdown tables."""
+    v, lo, hi = entry.get("value"), entry.get("ci_low"), entry.get("ci_high")
+    if v is None:
+        return "–"
+    if lo is None or hi is None:
+        return f"{v:.{digits}f}"
+    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"

@@ -8,11 +8,10 @@ CPU; MPS only when asked for (some ops fall back to the CPU there).
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from captune.config import check_device
+from captune.env import launched_processes
 from captune.errors import ConfigError
 
 WHERE = "config key 'model.device'"
@@ -31,7 +30,7 @@ def _cuda(index: int | None, spec: str, where: str) -> torch.device:
 
 def _launched() -> bool:
     """True inside `accelerate launch` / torchrun with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launched_processes() > 1
 
 
 def resolve_device(spec: str = "auto", accelerator=None, where: str = WHERE) -> torch.device:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ def ablation_config(out: Path, scale: float = 1.0, cache_dir: str | Path | None 
     from captune.demo.base import build_base, ensure_synth, feature_dir
     from captune.demo.pipeline import default_cache_dir, scaled_settings
     from captune.demo.recipe import demo_run_config
+    from captune.grid.run import only_systems
 
     settings = scaled_settings(0, scale)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -34,9 +34,8 @@ def ablation_config(out: Path, scale: float = 1.0, cache_dir: str | Path | None 
     base = build_base(settings, cache)
     cfg = demo_run_config(data_dir, base, out, name="config", feature_dir=feature_dir(cache),
                           overrides=["eval.human_baseline=false"])
-    systems = [s for s in cfg.eval.systems or [] if not s.adapter or s.name in ABLATION_SYSTEMS]
     path = out / "config.yaml"
-    dump_config(replace(cfg, eval=replace(cfg.eval, systems=systems)), path)
+    dump_config(only_systems(cfg, lambda s: not s.adapter or s.name in ABLATION_SYSTEMS), path)
     return path, settings
 
 

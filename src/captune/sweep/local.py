@@ -70,13 +70,14 @@ def caption_all(spec: SweepSpec, progress: bool = True, dataset=None) -> dict[st
     """The base-model systems once (DIR/baselines), each variant's adapter systems in its run directory,
     all on one loaded base model (each grid takes its adapter off again). Finished systems are read back,
     as in any grid."""
-    from captune.grid.run import PRED_DIR, only_systems, run_grid
+    from captune.grid.run import PRED_DIR, only_systems, run_grid, sample_files
     from captune.model.load import load_blip2
 
-    grids = [(only_systems(baseline_config(spec), False), None, "baselines")]
-    grids += [(only_systems(v.cfg, True), v.run_dir / "adapter", f"variant/{v.name}") for v in spec.variants]
+    grids = [(only_systems(baseline_config(spec), lambda s: not s.adapter), None, "baselines")]
+    grids += [(only_systems(v.cfg, lambda s: s.adapter), v.run_dir / "adapter", f"variant/{v.name}")
+              for v in spec.variants]
     missing = any(not (cfg.run_dir / PRED_DIR / f"{f}.json").is_file()
-                  for cfg, _, _ in grids for s in cfg.eval.systems or [] for f in _files(s))
+                  for cfg, _, _ in grids for s in cfg.eval.systems or [] for f in sample_files(s))
     loaded = load_blip2(grids[0][0].model) if missing else None  # on model.device
     timings: dict[str, float] = {}
     for cfg, adapter, label in grids:
@@ -86,16 +87,10 @@ def caption_all(spec: SweepSpec, progress: bool = True, dataset=None) -> dict[st
     return timings
 
 
-def _files(system) -> list[str]:
-    from captune.grid.run import _sample_files
-
-    return _sample_files(system)
-
-
 def score_all(spec: SweepSpec, dataset, progress: bool = False) -> dict[str, Any]:
     """One Scorer over every system of the sweep: DIR/scores.json (the grid's schema, plus `sweep`)."""
     from captune.errors import UserError
-    from captune.grid.run import PRED_DIR, open_scorer, read_predictions, resolve_systems
+    from captune.grid.run import PRED_DIR, open_scorer, read_predictions, resolve_systems, sample_files
     from captune.metrics import build_report
 
     base = baseline_config(spec)
@@ -116,11 +111,11 @@ def score_all(spec: SweepSpec, dataset, progress: bool = False) -> dict[str, Any
 
     captions: dict[str, dict[int, str]] = {}
     for s in baselines:
-        for f in _files(s):
+        for f in sample_files(s):
             captions[f] = read(base.run_dir / PRED_DIR / f"{f}.json")
     for v in spec.variants:
         for s in adapters:
-            for f in _files(s):
+            for f in sample_files(s):
                 captions[system_name(v.name, f)] = read(v.run_dir / PRED_DIR / f"{f}.json")
     with open_scorer(base, dataset, refs) as scorer:
         scorer.progress = progress

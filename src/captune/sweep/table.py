@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from captune.io import atomic_write_bytes, atomic_write_text
+from captune.metrics.results import value_with_ci
 from captune.metrics.stats import format_p
 
 METRICS = [("coco/BLEU-4", "BLEU-4"), ("coco/METEOR", "METEOR"), ("coco/ROUGE-L", "ROUGE-L"),
@@ -21,13 +22,6 @@ FIGURE = "params_vs_cider.png"
 
 def _value(scores: dict[str, Any], system: str, metric: str) -> dict[str, Any]:
     return scores["systems"].get(system, {}).get("metrics", {}).get(metric) or {}
-
-
-def _ci(entry: dict[str, Any]) -> str:
-    v, lo, hi = entry.get("value"), entry.get("ci_low"), entry.get("ci_high")
-    if v is None:
-        return "–"
-    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else f"{v:.3f}"
 
 
 def _mean_sd(values: list[float | None], digits: int = 3) -> str:
@@ -72,7 +66,7 @@ def per_seed_rows(scores: dict[str, Any]) -> list[list[str]]:
     """Every scored system with its 95 % intervals (baselines first, then each variant × seed)."""
     out = []
     for system in scores["systems_order"]:
-        out.append([system] + [_ci(_value(scores, system, m)) for m, _ in METRICS])
+        out.append([system] + [value_with_ci(_value(scores, system, m)) for m, _ in METRICS])
     return out
 
 

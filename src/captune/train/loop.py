@@ -30,7 +30,14 @@ from captune.progress import Bar
 from captune.train import checkpoint
 from captune.train.batches import CaptionCollator
 from captune.train.distributed import refuse_unsupported_launch
-from captune.train.setup import Logger, check_config, check_precision, feature_store, prepare_images
+from captune.train.setup import (
+    Logger,
+    check_config,
+    check_enough_captions,
+    check_precision,
+    feature_store,
+    prepare_images,
+)
 from captune.train.steps import augment, epoch_pairs, forward_loss_sum, lr_lambda, validation
 
 PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -159,13 +166,7 @@ class LoRARecipe:
     def _setup_optimizer(self) -> None:
         cfg, tc = self.cfg, self.tc
         self.num_captions = [len(r.refs) for r in self.records]
-        per_epoch = sum(self.num_captions) if tc.captions_per_image == "all" else sum(map(bool, self.num_captions))
-        if per_epoch < tc.batch_size * tc.grad_accum:
-            raise ConfigError(
-                f"config key 'train.batch_size': one step needs {tc.batch_size * tc.grad_accum} captions "
-                f"(batch_size x grad_accum) but {cfg.data.path} has {per_epoch} usable training captions; "
-                "lower train.batch_size or add data"
-            )
+        per_epoch = check_enough_captions(cfg, self.records, f"{cfg.data.path} (its readable training images)")
         steps_per_epoch = max(1, per_epoch // (tc.batch_size * tc.grad_accum))
         self.total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * steps_per_epoch))
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]

@@ -162,3 +162,18 @@ def prepare_images(records, model, image_processor, store, cfg: RunConfig, accel
                           f"first: {skipped[0]}")
     usable = [i for i in range(len(records)) if i not in problems]
     return keys, usable, skipped
+
+
+def check_enough_captions(cfg: RunConfig, records: list, what: str) -> int:
+    """The captions one epoch of `records` yields; fewer than one optimizer step's (batch_size x grad_accum)
+    are refused, since the epoch loop would never step. `what` names the records in the error."""
+    tc = cfg.train
+    counts = [len(r.refs) if tc.captions_per_image == "all" else int(bool(r.refs)) for r in records]
+    per_epoch = sum(counts)
+    per_step = tc.batch_size * tc.grad_accum
+    if records and per_epoch < per_step:
+        raise ConfigError(
+            f"config key 'train.batch_size': {what} has {per_epoch} training captions, fewer than one step's "
+            f"train.batch_size x train.grad_accum = {per_step}; lower train.batch_size (or add data)"
+        )
+    return per_epoch
