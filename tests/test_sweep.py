@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from captune.cli import main
@@ -44,12 +45,23 @@ def sweep_config(tmp_path_factory, tiny_model_dirs) -> Path:
     return path
 
 
+LOADS: list[str] = []  # base-model loads in this process during the `local_sweep` fixture
+
+
 @pytest.fixture(scope="module")
 def local_sweep(sweep_config: Path) -> Path:
     """2 placements x 1 seed through the CLI: the sweep directory."""
+    import captune.model.load as load_module
+
     out = sweep_config.parent / "local"
-    assert main(["sweep", str(sweep_config), "--grid", GRID[0], "--seeds", "0", "--out", str(out),
-                 "--no-progress"]) == 0
+    real = load_module.load_blip2
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(load_module, "load_blip2", lambda cfg, *a, **k: LOADS.append(cfg.name_or_path) or real(cfg, *a, **k))
+    try:
+        assert main(["sweep", str(sweep_config), "--grid", GRID[0], "--seeds", "0", "--out", str(out),
+                     "--no-progress"]) == 0
+    finally:
+        monkey.undo()
     return out
 
 
@@ -263,3 +275,95 @@ def test_one_loaded_base_serves_every_variants_grid(local_sweep: Path, sweep_con
              loaded=base)  # captions with the adapter on, then takes it off
     assert (tmp_path / "again" / again.name / "predictions").is_dir()
     assert not any("lora_" in n for n, _ in base.model.named_parameters())
+
+
+def test_variants_train_on_one_loaded_base(local_sweep: Path) -> None:
+    """Both variants trained (and anything captioned in this process) on one load of the base model."""
+    assert len(LOADS) == 1
+
+
+def test_lent_base_comes_back_clean_and_trains_the_same_adapter(local_sweep: Path, sweep_config: Path,
+                                                                  tmp_path: Path, monkeypatch) -> None:
+    """A training that fails still takes its LoRA layers off the lent base, untouched; the next variant
+    trained on that base gets the adapter the sweep's own run got (the first variant trained on this base,
+    there; a fresh load for the Ray trials and `captune run`)."""
+    from captune.data import load_dataset_from_config
+    from captune.sweep.local import BaseModels
+    from captune.train.loop import LoRARecipe, train
+
+    spec = expand(sweep_config, GRID, [0], tmp_path)
+    dataset = load_dataset_from_config(spec.base.data)
+    bases = BaseModels()
+    base = bases.get(spec.base.model)
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+
+    def boom(self):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(LoRARecipe, "fit", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(spec.variants[0].cfg, progress=False, dataset=dataset, loaded=base)
+    monkeypatch.undo()
+    assert not any("lora_" in n for n, _ in base.model.named_parameters()) and not base.model.training
+    after = base.model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+    v = spec.variants[1]  # qformer+lm, which the sweep trained second on its shared base
+    train(v.cfg, progress=False, dataset=dataset, loaded=bases.get(v.cfg.model))
+    assert bases.loads == 1
+    a, b = _adapter(tmp_path, v.name), _adapter(local_sweep, v.name)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ray_backend_under_a_launch_is_one_line(sweep_config: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["sweep", str(sweep_config), "--grid", GRID[0], "--out", str(tmp_path), "--backend", "ray"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("captune: error: --backend ray starts its own trials") and "torchrun" in err[-1]
+    assert not (tmp_path / "variants").exists()
+
+
+@pytest.mark.slow
+def test_sweep_under_two_processes_trains_data_parallel_and_shards_the_grid(local_sweep: Path, sweep_config: Path,
+                                                                             tmp_path: Path) -> None:
+    """torchrun with 2 gloo processes: a missing variant trains data parallel, every grid is captioned in
+    shares, and process 0 alone scores and reports. Captions of the same adapters are byte-identical to the
+    one-process sweep's, and so are their scores."""
+    import os
+    import shutil
+    import subprocess
+
+    two = tmp_path / "two"
+    shutil.copytree(local_sweep, two)
+    for pred in two.rglob("predictions/*.json"):
+        pred.unlink()  # the baselines and the finished variant are captioned again, sharded
+    shutil.rmtree(two / "variants" / "qformer+lm-s0")  # trains again, on 2 processes
+    for name in ("scores.json", "report.md", "report.html", "sweep_timings.json"):
+        (two / name).unlink(missing_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CAPTUNE_NO_PROGRESS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29557",
+           "-m", "captune", "sweep", str(sweep_config), "--grid", GRID[0], "--seeds", "0", "--out", str(two),
+           "--set", "lora.dropout=0.0"]  # dropout masks differ between 1 and 2 processes; the rest must not
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("paired tests") == 1 and res.stderr.count("sweep: 2 variants") == 1  # process 0 only
+
+    summary = json.loads((two / "variants" / "qformer+lm-s0" / "train" / "summary.json").read_text())
+    assert summary["processes"] == 2
+    from captune.train.loop import train
+
+    one_process = expand(sweep_config, GRID, [0], tmp_path / "one", ["lora.dropout=0.0"]).variants[1]
+    train(one_process.cfg, progress=False)
+    a, b = _adapter(two, "qformer+lm-s0"), _adapter(tmp_path / "one", "qformer+lm-s0")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=2e-4, rtol=1e-2) for k in a)
+    same = [Path("baselines"), Path("variants") / "qformer-s0"]
+    for run in same:
+        files = sorted(p.name for p in (local_sweep / run / "predictions").glob("*.json"))
+        assert files and files == sorted(p.name for p in (two / run / "predictions").glob("*.json"))
+        for name in files:
+            assert (two / run / "predictions" / name).read_bytes() == \
+                (local_sweep / run / "predictions" / name).read_bytes(), (run, name)
+    one, got = (json.loads((d / "scores.json").read_text())["systems"] for d in (local_sweep, two))
+    for system in ("zero-shot-greedy", "prompt-photo", "qformer-s0/lora-greedy"):
+        assert got[system]["metrics"] == one[system]["metrics"], system
+    assert (two / "report.md").is_file() and not list(two.rglob("predictions/.*"))  # no temporary files left

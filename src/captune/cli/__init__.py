@@ -48,11 +48,10 @@ def say(message: str) -> None:
 
 def one_process_only(command: str) -> None:
     """Refuse a command under a multi-process launch it is not tested under (WORLD_SIZE > 1, as torchrun and
-    `accelerate launch` set it): `train` and `eval` are (data parallel); `run`, `sweep` and `demo` are not."""
+    `accelerate launch` set it): `train`, `eval` and `sweep` are (data parallel); `run` and `demo` are not."""
     if launched_processes() > 1:
-        extra = "; for variants in parallel use --backend ray" if command == "sweep" else ""
         raise UserError(f"`captune {command}` runs in one process; under torchrun / accelerate launch run "
-                        f"`captune train CONFIG`, then `captune eval CONFIG` (both data parallel){extra}")
+                        "`captune train CONFIG`, then `captune eval CONFIG` (both data parallel), or `captune sweep`")
 
 
 def deprecated(old: str, new: str) -> None:

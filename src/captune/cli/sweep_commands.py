@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from captune.cli import app, one_process_only, say
+from captune.cli import app, say
 
 
 @app.command("sweep")
@@ -22,11 +22,12 @@ def sweep_command(
     gpus: float = typer.Option(0.0, "--gpus-per-trial", help="Ray: GPUs each variant asks for."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ) -> None:
-    """Train every variant (grid × seeds), evaluate all adapters and the baselines in one grid, report."""
+    """Train every variant (grid × seeds), evaluate all adapters and the baselines in one grid, report.
+
+    Under torchrun / `accelerate launch` (local backend) each variant trains data parallel and the grid is
+    split across the processes; process 0 scores and writes the report."""
     from captune.errors import ConfigError
     from captune.sweep.local import run_sweep
-
-    one_process_only("sweep")
     from captune.sweep.spec import expand, parse_seeds
     from captune.sweep.table import summary_text
 
@@ -35,8 +36,9 @@ def sweep_command(
     if not grid:
         raise ConfigError("--grid: give at least one axis, e.g. --grid lora.preset=qformer,lm")
     spec = expand(config, grid, parse_seeds(seeds) if seeds else None, out, set_)
-    say(f"sweep: {len(spec.variants)} variants into {out / 'variants'}")
     scores = run_sweep(spec, backend=backend, progress=not no_progress, say=say,
                        resources={"cpu": cpus, "gpu": gpus})
+    if not scores:  # not process 0 of a multi-process launch: process 0 scores and reports
+        return
     typer.echo(summary_text(scores))
     say(f"report: {out / 'report.md'}")

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from captune.env import launched_processes
+from captune.errors import UserError
 from captune.io import atomic_write_json
 from captune.overlap import CaptionWorker
 from captune.sweep.spec import SweepSpec, Variant, baseline_config
@@ -21,9 +23,35 @@ from captune.sweep.spec import SweepSpec, Variant, baseline_config
 SCORES = "scores.json"
 
 
-def train_variant(cfg, progress: bool = False, dataset=None) -> bool:
+class BaseModels:
+    """The loaded base model, lent in turn to every variant's training and grid in this process (each takes
+    its LoRA layers off again), so a sweep loads the weights once instead of once per variant. Variants
+    whose `model` section differs (a `--grid model.dtype=...` axis) get their own load; one is kept."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.loaded = None
+        self.loads = 0
+
+    def get(self, model_cfg):
+        import dataclasses
+        import json
+
+        from captune.grid.shard import current_shard
+        from captune.model.device import resolve_device
+        from captune.model.load import load_blip2
+
+        key = json.dumps(dataclasses.asdict(model_cfg), sort_keys=True, default=str)
+        if key != self.key:
+            self.key, self.loaded = None, None  # the previous base freed before the next loads
+            self.loaded = load_blip2(model_cfg, device=resolve_device(model_cfg.device, current_shard().state))
+            self.key, self.loads = key, self.loads + 1
+        return self.loaded
+
+
+def train_variant(cfg, progress: bool = False, dataset=None, bases: BaseModels | None = None) -> bool:
     """Train one variant as `captune run` would: skip a finished one, resume an interrupted one.
-    Returns True when it trained."""
+    `bases`: where to borrow the loaded base model from. Returns True when it trained."""
     from captune.pipeline import training_finished
     from captune.train.checkpoint import complete_checkpoints
     from captune.train.loop import train
@@ -31,22 +59,25 @@ def train_variant(cfg, progress: bool = False, dataset=None) -> bool:
     if training_finished(cfg.run_dir):
         return False
     resume = bool(complete_checkpoints(cfg.run_dir / "train" / "checkpoints"))
-    train(cfg, resume=resume, progress=progress, dataset=dataset)
+    train(cfg, resume=resume, progress=progress, dataset=dataset,
+          loaded=bases.get(cfg.model) if bases is not None else None)
     return True
 
 
 def train_local(spec: SweepSpec, progress: bool = True, dataset=None, say: Callable[[str], None] = print,
-                caption_while_training: bool = False) -> list[str]:
-    """Every variant in this process, one after another (one dataset load, one feature cache).
-    `caption_while_training`: caption each finished variant in a child process while the next trains."""
+                caption_while_training: bool = False, bases: BaseModels | None = None) -> list[str]:
+    """Every variant in this process, one after another (one dataset load, one feature cache, one loaded
+    base model in `bases`). `caption_while_training`: caption each finished variant in a child process
+    while the next trains."""
     trained: list[str] = []
     worker = CaptionWorker() if caption_while_training else None
+    bases = bases if bases is not None else BaseModels()
     try:
         if worker is not None:
             worker.submit(baseline_config(spec), adapter=False)
         for i, v in enumerate(spec.variants, 1):
             say(f"[{i}/{len(spec.variants)}] {v.name}")
-            if train_variant(v.cfg, progress=progress, dataset=dataset):
+            if train_variant(v.cfg, progress=progress, dataset=dataset, bases=bases):
                 trained.append(v.name)
             if worker is not None:
                 worker.submit(v.cfg)
@@ -66,30 +97,30 @@ def system_name(variant: str, system: str) -> str:
     return f"{variant}/{system}"
 
 
-def caption_all(spec: SweepSpec, progress: bool = True, dataset=None) -> dict[str, float]:
+def caption_all(spec: SweepSpec, progress: bool = True, dataset=None, bases: BaseModels | None = None
+                ) -> dict[str, float]:
     """The base-model systems once (DIR/baselines), each variant's adapter systems in its run directory,
-    all on one loaded base model (each grid takes its adapter off again). Finished systems are read back,
-    as in any grid."""
+    all on one loaded base model (`bases`: the one training used; each grid takes its adapter off again).
+    Finished systems are read back, as in any grid."""
     from captune.grid.run import PRED_DIR, only_systems, run_grid, sample_files
-    from captune.model.load import load_blip2
 
     grids = [(only_systems(baseline_config(spec), lambda s: not s.adapter), None, "baselines")]
     grids += [(only_systems(v.cfg, lambda s: s.adapter), v.run_dir / "adapter", f"variant/{v.name}")
               for v in spec.variants]
-    missing = any(not (cfg.run_dir / PRED_DIR / f"{f}.json").is_file()
-                  for cfg, _, _ in grids for s in cfg.eval.systems or [] for f in sample_files(s))
-    loaded = load_blip2(grids[0][0].model) if missing else None  # on model.device
+    bases = bases if bases is not None else BaseModels()
     timings: dict[str, float] = {}
     for cfg, adapter, label in grids:
         t = time.perf_counter()
-        run_grid(cfg, adapter_dir=adapter, progress=progress, dataset=dataset, score=False, loaded=loaded)
+        missing = any(not (cfg.run_dir / PRED_DIR / f"{f}.json").is_file()
+                      for s in cfg.eval.systems or [] for f in sample_files(s))
+        run_grid(cfg, adapter_dir=adapter, progress=progress, dataset=dataset, score=False,
+                 loaded=bases.get(cfg.model) if missing else None)
         timings[label] = time.perf_counter() - t
     return timings
 
 
 def score_all(spec: SweepSpec, dataset, progress: bool = False) -> dict[str, Any]:
     """One Scorer over every system of the sweep: DIR/scores.json (the grid's schema, plus `sweep`)."""
-    from captune.errors import UserError
     from captune.grid.run import PRED_DIR, open_scorer, read_predictions, resolve_systems, sample_files
     from captune.metrics import build_report
 
@@ -195,14 +226,26 @@ def run_sweep(spec: SweepSpec, backend: str = "local", progress: bool = True, da
               say: Callable[[str], None] = print, resources: dict[str, float] | None = None,
               caption_while_training: bool | None = None) -> dict[str, Any]:
     """Train (local or Ray), caption, score, report. Rerunning finishes what was interrupted.
-    `caption_while_training` (local backend; default: on a CPU-only machine with >= 2 cores): caption each
-    finished variant in a child process while the next one trains."""
+    `caption_while_training` (local backend; default: on a CPU-only machine with >= 2 cores, one process):
+    caption each finished variant in a child process while the next one trains.
+
+    Under a multi-process launch (torchrun / `accelerate launch`, local backend) every process runs this:
+    each variant trains data parallel, each grid is sharded (`captune.grid.shard`), and process 0 alone
+    scores, writes the report and returns it; the others return {} once their captions are handed over."""
     from captune.data import load_dataset_from_config
+    from captune.grid.shard import current_shard
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if backend == "ray":  # fails in one line before the dataset loads when ray is missing
+        if launched_processes() > 1:
+            raise UserError("--backend ray starts its own trials; run it in one process, not under torchrun / "
+                            "accelerate launch (there, the local backend trains each variant data parallel)")
         from captune.sweep.ray_backend import train_ray
+    shard = current_shard()
+    if not shard.main:
+        say, progress = (lambda _: None), False
+    say(f"sweep: {len(spec.variants)} variants into {spec.out / 'variants'}")
 
     dataset = dataset if dataset is not None else load_dataset_from_config(spec.base.data)
     from captune.data.selection import plan_selection
@@ -210,17 +253,24 @@ def run_sweep(spec: SweepSpec, backend: str = "local", progress: bool = True, da
     for v in spec.variants:  # a config that selects on evaluated images fails before any training
         plan_selection(v.cfg, dataset)
     t = time.perf_counter()
+    bases = BaseModels()
     if backend == "ray":
         train_ray(spec, resources=resources, say=say)
     else:
         if caption_while_training is None:
-            caption_while_training = spec.base.model.device in ("cpu", "auto") and _cpu_only()
-        train_local(spec, progress=progress, dataset=dataset, say=say, caption_while_training=caption_while_training)
+            caption_while_training = (spec.base.model.device in ("cpu", "auto") and _cpu_only()
+                                      and shard.world == 1)
+        train_local(spec, progress=progress, dataset=dataset, say=say, caption_while_training=caption_while_training,
+                    bases=bases)
     timings["train"] = time.perf_counter() - t
     t = time.perf_counter()
     say(f"captioning: {len(spec.variants)} adapters and the baselines ...")
-    timings.update({f"caption/{k}": v for k, v in caption_all(spec, progress=progress, dataset=dataset).items()})
+    timings.update({f"caption/{k}": v for k, v in caption_all(spec, progress=progress, dataset=dataset,
+                                                                         bases=bases).items()})
+    del bases  # the base model's memory back before scoring
     timings["caption"] = time.perf_counter() - t
+    if not shard.main:
+        return {}
     t = time.perf_counter()
     report = score_all(spec, dataset, progress=progress)
     timings["score"] = time.perf_counter() - t

@@ -56,12 +56,19 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=None) -> TrainResult:
-    """Fine-tune LoRA adapters as `cfg` says; write the run directory; return a summary."""
+def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=None, loaded=None) -> TrainResult:
+    """Fine-tune LoRA adapters as `cfg` says; write the run directory; return a summary.
+
+    `loaded`: the base model as `load_blip2(cfg.model)` returns it, lent instead of loading it again (a sweep's
+    variants share one); its LoRA layers come off again at the end, whatever happens. The adapter is the one a
+    fresh load would train: LoRA initialisation depends on `train.seed` alone."""
     recipe = LoRARecipe(cfg, progress)
-    recipe.setup(resume, dataset)
-    recipe.fit()
-    return recipe.finish()
+    try:
+        recipe.setup(resume, dataset, loaded)
+        recipe.fit()
+        return recipe.finish()
+    finally:
+        recipe.give_back()
 
 
 class LoRARecipe:
@@ -78,8 +85,9 @@ class LoRARecipe:
             "since_best": 0, "stopped_early": False}
         self.last_loss: float | None = None
         self.logger: Logger | None = None
+        self.lent = None  # a caller's loaded base model (see `train`), handed back by `give_back`
 
-    def setup(self, resume: bool = False, dataset=None) -> None:
+    def setup(self, resume: bool = False, dataset=None, loaded=None) -> None:
         """Accelerator, data selection, model + LoRA, feature store, optimizer/scheduler, resume, log."""
         self._setup_accelerator(resume)
         dataset = dataset if dataset is not None else load_dataset_from_config(self.cfg.data)
@@ -87,7 +95,7 @@ class LoRARecipe:
         if not self.selection.train:
             raise UserError(f"{self.cfg.data.path}: split {self.cfg.data.train_split!r} has no images; "
                             "check data.train_split")
-        self._setup_model()
+        self._setup_model(loaded)
         self._setup_images()
         self._setup_optimizer()
         if resume:
@@ -119,7 +127,7 @@ class LoRARecipe:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
 
-    def _setup_model(self) -> None:
+    def _setup_model(self, loaded=None) -> None:
         from accelerate.utils import set_seed
 
         from captune.model.device import model_device
@@ -128,10 +136,17 @@ class LoRARecipe:
 
         cfg, tc = self.cfg, self.tc
         # No other thread builds a model meanwhile: captune.overlap loads the grid's model before training starts.
-        set_seed(tc.seed)
-        self.loaded = load_blip2(cfg.model, device=self.device)
+        have = model_device(loaded.model) if loaded is not None else self.device
+        if have.type != self.device.type or (have.type == "cuda" and have.index != self.device.index):
+            raise ValueError(f"lent base model on {have}; this run trains on {self.device}")
+        self.loaded = loaded if loaded is not None else load_blip2(cfg.model, device=self.device)
         check_precision(cfg, self.loaded.family)  # `family: auto` is known only now
+        # Seeded after loading, so a lent base and a fresh load start the same adapter (hub/local loads draw
+        # nothing from the RNG; the in-code tiny models reseed it while building).
+        set_seed(tc.seed)
+        self.lent = loaded
         model, self.placement = apply_lora(self.loaded.model, cfg.lora, self.loaded.family)
+        self.peft_model = model  # the same object after `accelerator.prepare` unwraps it
         if tc.gradient_checkpointing:
             model.get_base_model().language_model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -360,6 +375,19 @@ class LoRARecipe:
             atomic_write_json(self.run_dir / "train" / "summary.json", summary)
         acc.wait_for_everyone()
         return TrainResult(self.run_dir, loop["step"], self.last_loss, loop["bad_steps"], summary)
+
+    def give_back(self) -> None:
+        """A lent base model back as it came: LoRA layers out (its weights, frozen, never changed), no gradient
+        checkpointing, eval mode. A no-op for a model this run loaded itself."""
+        if self.lent is None:
+            return
+        model = self.lent.model
+        if hasattr(self, "peft_model"):
+            self.peft_model.unload()
+        if self.tc.gradient_checkpointing:
+            model.language_model.gradient_checkpointing_disable()
+        model.eval()
+        self.lent = None
 
     def summary(self) -> dict[str, Any]:
         """What train/summary.json records: counts, timings, where it ran, what trained."""
