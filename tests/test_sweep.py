@@ -287,6 +287,8 @@ def test_lent_base_comes_back_clean_and_trains_the_same_adapter(local_sweep: Pat
     """A training that fails still takes its LoRA layers off the lent base, untouched; the next variant
     trained on that base gets the adapter the sweep's own run got (the first variant trained on this base,
     there; a fresh load for the Ray trials and `captune run`)."""
+    from dataclasses import replace
+
     from captune.data import load_dataset_from_config
     from captune.sweep.local import BaseModels
     from captune.train.loop import LoRARecipe, train
@@ -301,10 +303,14 @@ def test_lent_base_comes_back_clean_and_trains_the_same_adapter(local_sweep: Pat
         raise RuntimeError("boom")
 
     monkeypatch.setattr(LoRARecipe, "fit", boom)
+    cfg = spec.variants[0].cfg
     with pytest.raises(RuntimeError, match="boom"):
-        train(spec.variants[0].cfg, progress=False, dataset=dataset, loaded=base)
+        train(replace(cfg, train=replace(cfg.train, gradient_checkpointing=True)), progress=False, dataset=dataset,
+              loaded=base)
     monkeypatch.undo()
     assert not any("lora_" in n for n, _ in base.model.named_parameters()) and not base.model.training
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in base.model.modules())
+    assert not getattr(base.model.language_model, "_require_grads_hooks", None)
     after = base.model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 

@@ -386,6 +386,7 @@ class LoRARecipe:
             self.peft_model.unload()
         if self.tc.gradient_checkpointing:
             model.language_model.gradient_checkpointing_disable()
+            model.language_model.disable_input_require_grads()  # the embedding hook enabling it added
         model.eval()
         self.lent = None
 
