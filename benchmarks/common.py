@@ -442,11 +442,12 @@ def step_flops(config, batch: int = 1, text_tokens: int = 22, gradient_checkpoin
     from transformers.models.blip_2.modeling_blip_2 import BaseModelOutputWithVisionQformerOutputs
 
     from captune.model.features import encode_images, query_features
+    from captune.model.lora import set_checkpointing
 
     model = model if model is not None else meta_model(config)
     blip = model.get_base_model() if hasattr(model, "get_base_model") else model
     if gradient_checkpointing:
-        blip.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_checkpointing(blip.language_model, True)
     model.train()
     q = config.num_query_tokens
     size = config.vision_config.image_size
@@ -477,7 +478,7 @@ def step_flops(config, batch: int = 1, text_tokens: int = 22, gradient_checkpoin
             loss.backward()
         out["backward"] = counter.get_total_flops()
     if gradient_checkpointing:
-        blip.language_model.gradient_checkpointing_disable()
+        set_checkpointing(blip.language_model, False)
     out["step"] = out["vision_forward"] + out["qformer_forward"] + out["lm_forward"] + out["backward"]
     out["saved_bytes"] = saved_bytes
     out["cached_step"] = out["step"] - out["vision_forward"]

@@ -162,6 +162,8 @@ def counted_flops(fn) -> float:
 def measure_training(model, trainable, config, args, dev: Device, peak: float | None, deadline: float) -> list[dict]:
     import torch
 
+    from captune.model.lora import set_checkpointing
+
     blip = model.get_base_model()
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.05)
     rows: list[dict[str, Any]] = []
@@ -175,8 +177,7 @@ def measure_training(model, trainable, config, args, dev: Device, peak: float | 
                     row["skipped"] = "time budget"
                     continue
                 if gc:
-                    blip.language_model.gradient_checkpointing_enable(
-                        gradient_checkpointing_kwargs={"use_reentrant": False})
+                    set_checkpointing(blip.language_model, True)
                 model.train()
                 try:
                     dev.reset_peak()
@@ -203,7 +204,7 @@ def measure_training(model, trainable, config, args, dev: Device, peak: float | 
                     optimizer.zero_grad(set_to_none=True)
                 finally:
                     if gc:
-                        blip.language_model.gradient_checkpointing_disable()
+                        set_checkpointing(blip.language_model, False)
                 mfu = f"{row['mfu']:.1%}" if "mfu" in row else "-"
                 state = row.get("error") or (f"{common.fmt_s(row['step_s'])}/step, {row['samples_per_s']:.1f} "
                                              f"samples/s, peak {row['peak_memory_gib']:.2f} GiB, MFU {mfu}")

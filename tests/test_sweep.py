@@ -290,7 +290,7 @@ def test_lent_base_comes_back_clean_and_trains_the_same_adapter(local_sweep: Pat
     from dataclasses import replace
 
     from captune.data import load_dataset_from_config
-    from captune.sweep.local import BaseModels
+    from captune.model.load import BaseModels
     from captune.train.loop import LoRARecipe, train
 
     spec = expand(sweep_config, GRID, [0], tmp_path)

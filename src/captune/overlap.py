@@ -96,7 +96,7 @@ def start_human_baseline(cfg: RunConfig):
 
 
 _DATASETS: dict[str, Any] = {}
-_MODELS: dict[str, Any] = {}
+_BASES: Any = None  # the worker's one loaded base (captune.model.load.BaseModels)
 
 
 def _caption_job(cfg_data: dict[str, Any], adapter: bool) -> None:
@@ -115,14 +115,14 @@ def _caption_job(cfg_data: dict[str, Any], adapter: bool) -> None:
     key = json.dumps(cfg_data["data"], sort_keys=True)
     if key not in _DATASETS:
         _DATASETS[key] = load_dataset_from_config(cfg.data)
-    model_key = json.dumps(cfg_data["model"], sort_keys=True)
-    if model_key not in _MODELS:  # one base per worker; each grid takes its adapter off again
-        from captune.model.load import load_blip2
+    global _BASES
+    if _BASES is None:  # one base per worker; each grid takes its adapter off again
+        from captune.model.load import BaseModels
 
-        _MODELS[model_key] = load_blip2(cfg.model)
+        _BASES = BaseModels()
     adapter_dir = cfg.run_dir / "adapter" if adapter else None
     run_grid(only_systems(cfg, lambda s: s.adapter == adapter), adapter_dir=adapter_dir,
-             progress=False, dataset=_DATASETS[key], score=False, loaded=_MODELS[model_key])
+             progress=False, dataset=_DATASETS[key], score=False, loaded=_BASES.get(cfg.model))
 
 
 class CaptionWorker:

@@ -106,6 +106,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
     from captune.model.device import resolve_device
     from captune.model.features import encode_images, image_file_key, pixel_values, store_for
     from captune.model.load import load_blip2
+    from captune.model.lora import take_off_lora
     from captune.train.distributed import refuse_unsupported_launch
 
     refuse_unsupported_launch()
@@ -252,7 +253,7 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
             timings["score"] = time.perf_counter() - t
     finally:
         if attached is not None:
-            attached.unload()  # the LoRA layers out, the caller's base model as it was (weights untouched)
+            take_off_lora(attached)  # the caller's base model as it was (weights untouched)
         if scorer is not None and scorer is not given:
             scorer.close()
     timings["total"] = time.perf_counter() - t0

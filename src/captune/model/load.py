@@ -168,3 +168,25 @@ def _load_blip2(cfg: ModelConfig, device: torch.device) -> LoadedModel:
         )
     model.eval()
     return LoadedModel(model, processor, family, name, cfg.dtype)
+
+
+class BaseModels:
+    """The loaded base model, lent in turn to several trainings and grids in one process (each takes its
+    LoRA layers off again), so a sweep loads the weights once instead of once per variant. A different
+    `model` section (e.g. a `--grid model.dtype=...` axis) gets its own load; one base is kept at a time."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.loaded: LoadedModel | None = None
+        self.loads = 0
+
+    def get(self, cfg: ModelConfig, device: str | torch.device | None = None) -> LoadedModel:
+        import dataclasses
+        import json
+
+        key = json.dumps([dataclasses.asdict(cfg), str(device)], sort_keys=True, default=str)
+        if key != self.key or self.loaded is None:
+            self.key, self.loaded = None, None  # the previous base freed before the next one loads
+            self.loaded = load_blip2(cfg, device=device)
+            self.key, self.loads = key, self.loads + 1
+        return self.loaded

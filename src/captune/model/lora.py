@@ -128,6 +128,29 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, family: Family):
     return get_peft_model(model, peft_config(cfg, placement)), placement
 
 
+def take_off_lora(peft_model, gradient_checkpointing: bool = False) -> None:
+    """The base model under `peft_model` back as it was lent: LoRA layers out (its frozen weights untouched),
+    gradient checkpointing and the input-embedding hook enabling it added off, eval mode."""
+    base = peft_model.get_base_model()
+    peft_model.unload()
+    if gradient_checkpointing:
+        set_checkpointing(base.language_model, False)
+        base.language_model.disable_input_require_grads()
+    base.eval()
+
+
+def set_checkpointing(language_model, on: bool) -> None:
+    """Activation (gradient) checkpointing of the LM on or off, non-reentrant. transformers 5.25 renamed
+    `gradient_checkpointing_*` to `activation_checkpointing_*` (the old names warn); both are served."""
+    new = hasattr(language_model, "activation_checkpointing_enable")
+    if on and new:
+        language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif on:
+        language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        (language_model.activation_checkpointing_disable if new else language_model.gradient_checkpointing_disable)()
+
+
 def component_of(name: str) -> str:
     """Which BLIP-2 component a parameter or module name belongs to."""
     name = name.removeprefix("base_model.model.")

@@ -17,36 +17,11 @@ from typing import Any
 from captune.env import launched_processes
 from captune.errors import UserError
 from captune.io import atomic_write_json
+from captune.model.load import BaseModels
 from captune.overlap import CaptionWorker
 from captune.sweep.spec import SweepSpec, Variant, baseline_config
 
 SCORES = "scores.json"
-
-
-class BaseModels:
-    """The loaded base model, lent in turn to every variant's training and grid in this process (each takes
-    its LoRA layers off again), so a sweep loads the weights once instead of once per variant. Variants
-    whose `model` section differs (a `--grid model.dtype=...` axis) get their own load; one is kept."""
-
-    def __init__(self) -> None:
-        self.key: str | None = None
-        self.loaded = None
-        self.loads = 0
-
-    def get(self, model_cfg):
-        import dataclasses
-        import json
-
-        from captune.grid.shard import current_shard
-        from captune.model.device import resolve_device
-        from captune.model.load import load_blip2
-
-        key = json.dumps(dataclasses.asdict(model_cfg), sort_keys=True, default=str)
-        if key != self.key:
-            self.key, self.loaded = None, None  # the previous base freed before the next loads
-            self.loaded = load_blip2(model_cfg, device=resolve_device(model_cfg.device, current_shard().state))
-            self.key, self.loads = key, self.loads + 1
-        return self.loaded
 
 
 def train_variant(cfg, progress: bool = False, dataset=None, bases: BaseModels | None = None) -> bool:
@@ -60,8 +35,16 @@ def train_variant(cfg, progress: bool = False, dataset=None, bases: BaseModels |
         return False
     resume = bool(complete_checkpoints(cfg.run_dir / "train" / "checkpoints"))
     train(cfg, resume=resume, progress=progress, dataset=dataset,
-          loaded=bases.get(cfg.model) if bases is not None else None)
+          loaded=_base(bases, cfg.model) if bases is not None else None)
     return True
+
+
+def _base(bases: BaseModels, model_cfg):
+    """The lent base on this process's device (each process of a launch on its own GPU)."""
+    from captune.grid.shard import current_shard
+    from captune.model.device import resolve_device
+
+    return bases.get(model_cfg, resolve_device(model_cfg.device, current_shard().state))
 
 
 def train_local(spec: SweepSpec, progress: bool = True, dataset=None, say: Callable[[str], None] = print,
@@ -114,7 +97,7 @@ def caption_all(spec: SweepSpec, progress: bool = True, dataset=None, bases: Bas
         missing = any(not (cfg.run_dir / PRED_DIR / f"{f}.json").is_file()
                       for s in cfg.eval.systems or [] for f in sample_files(s))
         run_grid(cfg, adapter_dir=adapter, progress=progress, dataset=dataset, score=False,
-                 loaded=bases.get(cfg.model) if missing else None)
+                 loaded=_base(bases, cfg.model) if missing else None)
         timings[label] = time.perf_counter() - t
     return timings
 

@@ -57,11 +57,8 @@ class TrainResult:
 
 
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=None, loaded=None) -> TrainResult:
-    """Fine-tune LoRA adapters as `cfg` says; write the run directory; return a summary.
-
-    `loaded`: the base model as `load_blip2(cfg.model)` returns it, lent instead of loading it again (a sweep's
-    variants share one); its LoRA layers come off again at the end, whatever happens. The adapter is the one a
-    fresh load would train: LoRA initialisation depends on `train.seed` alone."""
+    """Fine-tune LoRA adapters as `cfg` says; write the run directory; return a summary. `loaded`: a base model
+    (as `load_blip2(cfg.model)` gives it) lent instead of a fresh load, handed back without LoRA whatever happens."""
     recipe = LoRARecipe(cfg, progress)
     try:
         recipe.setup(resume, dataset, loaded)
@@ -130,26 +127,22 @@ class LoRARecipe:
     def _setup_model(self, loaded=None) -> None:
         from accelerate.utils import set_seed
 
-        from captune.model.device import model_device
+        from captune.model.device import model_device, same_device
         from captune.model.load import load_blip2
-        from captune.model.lora import apply_lora
+        from captune.model.lora import apply_lora, set_checkpointing
 
         cfg, tc = self.cfg, self.tc
         # No other thread builds a model meanwhile: captune.overlap loads the grid's model before training starts.
-        have = model_device(loaded.model) if loaded is not None else self.device
-        if have.type != self.device.type or (have.type == "cuda" and have.index != self.device.index):
-            raise ValueError(f"lent base model on {have}; this run trains on {self.device}")
+        if loaded is not None and not same_device(model_device(loaded.model), self.device):
+            raise ValueError(f"lent base model on {model_device(loaded.model)}; this run trains on {self.device}")
         self.loaded = loaded if loaded is not None else load_blip2(cfg.model, device=self.device)
         check_precision(cfg, self.loaded.family)  # `family: auto` is known only now
-        # Seeded after loading, so a lent base and a fresh load start the same adapter (hub/local loads draw
-        # nothing from the RNG; the in-code tiny models reseed it while building).
-        set_seed(tc.seed)
+        set_seed(tc.seed)  # after loading: a lent base and a fresh load start the same adapter
         self.lent = loaded
         model, self.placement = apply_lora(self.loaded.model, cfg.lora, self.loaded.family)
         self.peft_model = model  # the same object after `accelerator.prepare` unwraps it
         if tc.gradient_checkpointing:
-            model.get_base_model().language_model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            set_checkpointing(model.get_base_model().language_model, True)
         self.model, self.params = model, summarize_parameters(model)
         self.adapter_meta = adapter_record(cfg, str(model_device(model)))
         base = model.get_base_model().config
@@ -377,17 +370,11 @@ class LoRARecipe:
         return TrainResult(self.run_dir, loop["step"], self.last_loss, loop["bad_steps"], summary)
 
     def give_back(self) -> None:
-        """A lent base model back as it came: LoRA layers out (its weights, frozen, never changed), no gradient
-        checkpointing, eval mode. A no-op for a model this run loaded itself."""
-        if self.lent is None:
-            return
-        model = self.lent.model
-        if hasattr(self, "peft_model"):
-            self.peft_model.unload()
-        if self.tc.gradient_checkpointing:
-            model.language_model.gradient_checkpointing_disable()
-            model.language_model.disable_input_require_grads()  # the embedding hook enabling it added
-        model.eval()
+        """A lent base model back as it came (a no-op for a model this run loaded itself)."""
+        from captune.model.lora import take_off_lora
+
+        if self.lent is not None and hasattr(self, "peft_model"):
+            take_off_lora(self.peft_model, self.tc.gradient_checkpointing)
         self.lent = None
 
     def summary(self) -> dict[str, Any]:
