@@ -30,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
+from compare_runs import same_tensors
 
 PLACEMENTS = ["qformer", "lm", "qformer+lm", "qformer+lm-wide"]
 TINY = """name: base
@@ -76,13 +77,6 @@ def captune(args: list[str]) -> float:
     subprocess.run([sys.executable, "-m", "captune", *args, "--no-progress"], check=True, env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t
-
-
-def same_tensors(a: Path, b: Path) -> bool:
-    from safetensors.torch import load_file
-
-    x, y = load_file(a), load_file(b)
-    return x.keys() == y.keys() and all((x[k] == y[k]).all() for k in x)
 
 
 def compare(root: Path, placements: list[str]) -> dict[str, Any]:

@@ -58,13 +58,17 @@ def compare(run_a: Path, run_b: Path) -> list[str]:
             b = _strip(json.loads((run_b / name).read_text()))
             _diff(a, b, name, problems)
     tensors = [run / "adapter" / "adapter_model.safetensors" for run in (run_a, run_b)]
-    if all(t.is_file() for t in tensors):
-        from safetensors.torch import load_file
-
-        wa, wb = (load_file(str(t)) for t in tensors)
-        if wa.keys() != wb.keys() or any(not wa[k].equal(wb[k]) for k in wa):
-            problems.append("adapter/adapter_model.safetensors: tensors differ")
+    if all(t.is_file() for t in tensors) and not same_tensors(*tensors):
+        problems.append("adapter/adapter_model.safetensors: tensors differ")
     return problems
+
+
+def same_tensors(a: Path, b: Path) -> bool:
+    """Two safetensors files hold the same names and equal tensors (shape, dtype and values)."""
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a)), load_file(str(b))
+    return wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
 
 
 def main() -> int:

@@ -241,7 +241,7 @@ def test_one_loaded_base_serves_every_variants_grid(local_sweep: Path, sweep_con
 
     from captune.data import load_dataset_from_config
     from captune.grid.run import only_systems, run_grid
-    from captune.model.load import load_blip2
+    from captune.model.load import BaseModels
     from captune.sweep.local import caption_all
     from captune.sweep.spec import expand
 
@@ -269,12 +269,12 @@ def test_one_loaded_base_serves_every_variants_grid(local_sweep: Path, sweep_con
         run_grid(fresh, adapter_dir=v.run_dir / "adapter", progress=False, dataset=dataset, score=False)
         for pred in (v.run_dir / "predictions").glob("*.json"):
             assert pred.read_bytes() == (tmp_path / "fresh" / v.name / "predictions" / pred.name).read_bytes()
-    base = load_blip2(spec.base.model)
+    bases = BaseModels()
     again = replace(only_systems(spec.variants[0].cfg, lambda s: s.adapter), output_dir=str(tmp_path / "again"))
     run_grid(again, adapter_dir=spec.variants[0].run_dir / "adapter", progress=False, dataset=dataset, score=False,
-             loaded=base)  # captions with the adapter on, then takes it off
+             bases=bases)  # captions with the adapter on, then takes it off
     assert (tmp_path / "again" / again.name / "predictions").is_dir()
-    assert not any("lora_" in n for n, _ in base.model.named_parameters())
+    assert not any("lora_" in n for n, _ in bases.loaded.model.named_parameters())
 
 
 def test_variants_train_on_one_loaded_base(local_sweep: Path) -> None:
@@ -306,7 +306,7 @@ def test_lent_base_comes_back_clean_and_trains_the_same_adapter(local_sweep: Pat
     cfg = spec.variants[0].cfg
     with pytest.raises(RuntimeError, match="boom"):
         train(replace(cfg, train=replace(cfg.train, gradient_checkpointing=True)), progress=False, dataset=dataset,
-              loaded=base)
+              bases=bases)
     monkeypatch.undo()
     assert not any("lora_" in n for n, _ in base.model.named_parameters()) and not base.model.training
     assert not any(getattr(m, "gradient_checkpointing", False) for m in base.model.modules())
@@ -315,7 +315,7 @@ def test_lent_base_comes_back_clean_and_trains_the_same_adapter(local_sweep: Pat
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
     v = spec.variants[1]  # qformer+lm, which the sweep trained second on its shared base
-    train(v.cfg, progress=False, dataset=dataset, loaded=bases.get(v.cfg.model))
+    train(v.cfg, progress=False, dataset=dataset, bases=bases)
     assert bases.loads == 1
     a, b = _adapter(tmp_path, v.name), _adapter(local_sweep, v.name)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

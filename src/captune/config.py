@@ -12,7 +12,7 @@ import os
 import re
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -127,6 +127,10 @@ class GenerateConfig(Decoding):
     max_new_tokens, min_new_tokens and seed from it: its systems set their own prompt and strategy."""
 
     batch_size: int = 32
+
+    def decoding(self) -> Decoding:
+        """Only the decoding keys (without the batch size)."""
+        return Decoding(**{f.name: getattr(self, f.name) for f in fields(Decoding)})
 
 
 @dataclass

@@ -8,7 +8,7 @@ shortens captions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from captune.errors import ConfigError
@@ -31,10 +31,6 @@ class Decoding:
     no_repeat_ngram_size: int = 0
     num_return_sequences: int = 1
     seed: int = 0
-
-    def decoding(self) -> Decoding:
-        """Only the decoding keys (a `GenerateConfig` without its batch size)."""
-        return Decoding(**{f.name: getattr(self, f.name) for f in fields(Decoding)})
 
     def check(self, prefix: str) -> None:
         """The same ranges for the generate section and every system; the error names the key."""
@@ -109,3 +105,8 @@ def default_systems(generate: Decoding, with_adapter: bool = True, train_prompt:
             System("lora-beam5", True, replace(tuned, num_beams=5)),
         ]
     return out
+
+
+def grid_systems(cfg: Any, with_adapter: bool = True) -> list[System]:
+    """A run config's grid: its `eval.systems`, else the recipe's default grid."""
+    return cfg.eval.systems or default_systems(cfg.generate, with_adapter, cfg.train.prompt)

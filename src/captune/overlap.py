@@ -29,7 +29,7 @@ def run_side_by_side(cfg: RunConfig, progress: bool = True, dataset=None, report
     from captune.data import load_dataset_from_config
     from captune.data.selection import plan_selection
     from captune.grid.run import only_systems, open_scorer, run_grid
-    from captune.model.load import load_blip2
+    from captune.model.load import BaseModels
 
     dataset = dataset if dataset is not None else load_dataset_from_config(cfg.data)
     early_cfg = only_systems(cfg, lambda s: not s.adapter and not s.decode.global_rng)
@@ -38,14 +38,15 @@ def run_side_by_side(cfg: RunConfig, progress: bool = True, dataset=None, report
     plan_selection(cfg, dataset)  # a config that selects on evaluated images fails before any work
     # Built here, before train() builds its own: `from_pretrained` swaps torch's init functions for no-ops
     # process-wide while it builds, so a build beside train's would leave its LoRA layers uninitialised.
-    loaded = load_blip2(cfg.model)
+    bases = BaseModels()
+    bases.get(cfg.model)
     scorer = open_scorer(cfg, dataset, {r.image_id: list(r.refs) for r in dataset.select(cfg.data.eval_split)})
     done: dict = {}  # the thread's grid timings, or its error
 
     def caption() -> None:
         try:
             done["timings"] = run_grid(early_cfg, progress=False, dataset=dataset, score=False, scorer=scorer,
-                                       loaded=loaded).timings
+                                       bases=bases).timings
         except BaseException as exc:  # re-raised on this thread below
             done["error"] = exc
 
@@ -122,7 +123,7 @@ def _caption_job(cfg_data: dict[str, Any], adapter: bool) -> None:
         _BASES = BaseModels()
     adapter_dir = cfg.run_dir / "adapter" if adapter else None
     run_grid(only_systems(cfg, lambda s: s.adapter == adapter), adapter_dir=adapter_dir,
-             progress=False, dataset=_DATASETS[key], score=False, loaded=_BASES.get(cfg.model))
+             progress=False, dataset=_DATASETS[key], score=False, bases=_BASES)
 
 
 class CaptionWorker:

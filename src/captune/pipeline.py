@@ -27,18 +27,20 @@ def training_finished(run_dir: Path) -> bool:
     return (run_dir / "train" / "summary.json").is_file() and (run_dir / "adapter" / "adapter_config.json").is_file()
 
 
-def train_stage(cfg: RunConfig, dataset, progress: bool) -> bool:
+def train_stage(cfg: RunConfig, dataset=None, progress: bool = True, bases=None) -> bool:
     """Train unless the adapter is finished (a killed training resumes from its newest checkpoint);
-    True if it trained. A config that selects on evaluated images fails before any work."""
+    True if it trained. A config that selects on evaluated images fails before any work. `bases`: lends
+    the loaded base model (`model.load.BaseModels`; a sweep's variants share one)."""
     from captune.data.selection import plan_selection
     from captune.train.checkpoint import complete_checkpoints
     from captune.train.loop import train
 
     if training_finished(cfg.run_dir):
         return False
-    plan_selection(cfg, dataset)
+    if dataset is not None:  # else train() loads it and checks the same before its model loads
+        plan_selection(cfg, dataset)
     train(cfg, resume=bool(complete_checkpoints(cfg.run_dir / "train" / "checkpoints")), progress=progress,
-          dataset=dataset)
+          dataset=dataset, bases=bases)
     return True
 
 

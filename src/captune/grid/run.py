@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from captune.config import RunConfig, dump_config
-from captune.decoding import System, default_systems
+from captune.decoding import System, grid_systems
 from captune.env import environment_info
 from captune.errors import DataError, UserError
 from captune.faults import maybe_kill
@@ -46,7 +46,7 @@ class GridResult:
 
 def resolve_systems(cfg: RunConfig, with_adapter: bool) -> list[System]:
     """`eval.systems` (each with its full decoding, resolved by config.py), else the recipe's default grid."""
-    systems = cfg.eval.systems or default_systems(cfg.generate, with_adapter, cfg.train.prompt)
+    systems = grid_systems(cfg, with_adapter)
     if not with_adapter and any(s.adapter for s in systems):
         names = ", ".join(s.name for s in systems if s.adapter)
         raise UserError(f"systems {names} need an adapter; train first or pass --adapter DIR")
@@ -93,12 +93,12 @@ def sample_files(system: System) -> list[str]:
 
 
 def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bool = True,
-             dataset=None, score: bool = True, scorer=None, loaded=None, fuse: bool = True) -> GridResult:
+             dataset=None, score: bool = True, scorer=None, bases=None, fuse: bool = True) -> GridResult:
     """Caption the eval split with every system, write predictions and scores into the run directory.
 
     `scorer`: an open Scorer (`open_scorer`; the caller closes it) fed each batch's captions, also with
-    `score=False`. `loaded`: the base model as `load_blip2` returns it, instead of loading `cfg.model` (an adapter the
-    grid puts on it is taken off again, so one loaded base serves several grids). `fuse=False`:
+    `score=False`. `bases`: a `model.load.BaseModels` lending the base model instead of a fresh load (an adapter the
+    grid puts on it comes off again, so one loaded base serves several grids and trainings). `fuse=False`:
     one `generate` call per system and batch (same captions; for measuring what fusing gains)."""
     from captune.data import load_dataset_from_config
     from captune.generate.captioner import Captioner, DecodeJob
@@ -164,16 +164,16 @@ def run_grid(cfg: RunConfig, adapter_dir: str | Path | None = None, progress: bo
                 scorer.prefetch({f: read_predictions(pred_dir / f"{f}.json", image_ids) or {}
                                  for f in sample_files(system)})
 
-    attached = None  # an adapter put on the caller's `loaded` model: taken off again at the end
+    attached = None  # an adapter put on a lent base model (`bases`): taken off again at the end
     try:
         if todo:
             t = time.perf_counter()
-            theirs = loaded is not None
-            loaded = loaded or load_blip2(cfg.model, device=resolve_device(cfg.model.device, shard.state))
+            device = resolve_device(cfg.model.device, shard.state)
+            loaded = bases.get(cfg.model, device) if bases is not None else load_blip2(cfg.model, device=device)
             model = loaded.model
             if any(s.adapter for s in todo):
                 model = load_adapter(model, adapter_path)
-                attached = model if theirs else None
+                attached = model if bases is not None else None
             model.eval()
             timings["load_model"] = time.perf_counter() - t
             captioner = Captioner(model, loaded.processor, loaded.family)
@@ -376,12 +376,12 @@ MAIN_METRICS = ["coco/BLEU-1", "coco/BLEU-4", "coco/METEOR", "coco/ROUGE-L", "co
 
 def write_results_table(run_dir: Path, report: dict[str, Any]) -> None:
     """results.md / results.json: one row per system, the main metrics with 95 % intervals."""
-    rows = []
-    lines = ["| system | " + " | ".join(MAIN_METRICS) + " |", "|---" * (len(MAIN_METRICS) + 1) + "|"]
+    from captune.report.tables import md_table
+
+    rows, cells = [], []
     for name in report.get("systems_order", list(report["systems"])):
         metrics = report["systems"][name]["metrics"]
         rows.append({"system": name, **{m: metrics.get(m, {}).get("value") for m in MAIN_METRICS}})
-        cells = [value_with_ci(metrics.get(m) or {}) for m in MAIN_METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        cells.append([name] + [value_with_ci(metrics.get(m) or {}) for m in MAIN_METRICS])
     atomic_write_json(run_dir / "results.json", {"metrics": MAIN_METRICS, "rows": rows})
-    atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
+    atomic_write_text(run_dir / "results.md", md_table(["system", *MAIN_METRICS], cells) + "\n")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from captune.cache import cache_root
+from captune.cache import cache_path
 from captune.errors import DataError
 from captune.io import atomic_write_json
 from captune.metrics.meteor import MeteorProcess
@@ -115,7 +115,7 @@ def human_cache_path(refs: Mapping[Any, Sequence[str]], metrics: Iterable[str], 
     key = json.dumps({"v": HUMAN_CACHE_VERSION, "metrics": sorted(metrics), "bootstrap_samples": bootstrap_samples,
                       "seed": seed, "refs": sorted((str(i), list(r)) for i, r in refs.items())}, ensure_ascii=False)
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
-    return (cache or cache_root() / "human") / f"human-{digest}.json"
+    return (cache or cache_path("human")) / f"human-{digest}.json"
 
 
 def cached_human_report(refs: Mapping[Any, Sequence[str]], *, metrics: Iterable[str] = FAMILIES,

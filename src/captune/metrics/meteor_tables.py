@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from captune.cache import cache_root
+from captune.cache import cache_path
 from captune.io import atomic_write_bytes, atomic_write_text
 from captune.metrics.java import meteor_paraphrase
 from captune.metrics.meteor import MeteorError
@@ -42,7 +42,7 @@ def paraphrase_vocabulary(texts: Iterable[str]) -> set[str]:
 
 
 def _table_dir() -> Path:
-    return cache_root() / "meteor"
+    return cache_path("meteor")
 
 
 def _source_tag() -> str:

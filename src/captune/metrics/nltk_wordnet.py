@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
-from captune.cache import cache_root
+from captune.cache import cache_path
 from captune.io import atomic_directory
 
 _MARKER = re.compile(r"\([^()]*\)$")
@@ -45,7 +45,7 @@ WORDNET_FIX = (
 
 def wordnet_cache() -> Path:
     """Where a WordNet dict folder is copied, with the index NLTK's reader needs."""
-    return cache_root() / "nltk_data" / "corpora" / "wordnet"
+    return cache_path("nltk_data", "corpora", "wordnet")
 
 
 def _has_files(folder: Path) -> bool:

@@ -113,7 +113,6 @@ class Scorer:
         # PTB tokens and METEOR: the Java side, run in worker threads beside the Python metrics.
         self.pipeline = MeteorPipeline(self.meteor, self.java, token_cache if token_cache is not None else {},
                                        self.timings, self.unavailable, self.notes)
-        self._tok = self.pipeline.tokens
         self.progress = progress  # show the METEOR bar while score() waits for its segments
         self._prep_error: BaseException | None = None
         self._prep = threading.Thread(target=self._prepare_safely, name="captune-scorer-prep", daemon=True)
@@ -132,9 +131,8 @@ class Scorer:
         t = self.timings
         if "coco" in self.families:
             self.pipeline.tokenize_references(self.refs)
-            self.coco_ref_tokens = self.pipeline.ref_tokens
             with timed(t, "prep: coco references"):
-                self.coco_refs = CocoReferences(self.coco_ref_tokens)
+                self.coco_refs = CocoReferences(self.pipeline.ref_tokens)
         if "rouge" in self.families:
             with timed(t, "prep: rouge references"):
                 self.rouge_refs = RougeReferences(self.refs)
@@ -198,7 +196,7 @@ class Scorer:
             self.pipeline.tokenize_and_queue(raw_pairs)
         self._ready()
         if "coco" in self.families:
-            pairs = list(dict.fromkeys((i, self._tok[c]) for i, c in raw_pairs))
+            pairs = list(dict.fromkeys((i, self.pipeline.tokens[c]) for i, c in raw_pairs))
             with timed(t, "score: coco BLEU/CIDEr/ROUGE-L"):
                 for i, tok in pairs:
                     if (i, tok) not in self._coco:
@@ -247,7 +245,7 @@ class Scorer:
         fixed: dict[str, MetricResult] = {}
         top: list[tuple[str, int]] = []
         if "coco" in self.families:
-            keys = [(i, self._tok[caps[i]]) for i in ids]
+            keys = [(i, self.pipeline.tokens[caps[i]]) for i in ids]
             bleu = np.array([self._coco[k][0] for k in keys]).reshape(len(ids), BLEU_STATS)
             per_bleu = bleu_from_stats(bleu)
             for n in range(1, 5):
@@ -258,8 +256,8 @@ class Scorer:
             stats["coco/CIDEr"] = mean_statistic("coco/CIDEr", np.array([self._coco[k][1] for k in keys]), CI_CIDER)
             if self.spice:
                 try:
-                    gts = {i: self.coco_ref_tokens[i] for i in ids}
-                    _, per = compute_spice(gts, {i: [self._tok[caps[i]]] for i in ids}, self.java)
+                    gts = {i: self.pipeline.ref_tokens[i] for i in ids}
+                    _, per = compute_spice(gts, {i: [self.pipeline.tokens[caps[i]]] for i in ids}, self.java)
                     stats["coco/SPICE"] = mean_statistic("coco/SPICE", np.nan_to_num(per))
                 except RuntimeError as exc:
                     self.unavailable["coco/SPICE"] = str(exc)
@@ -293,7 +291,7 @@ class Scorer:
         """`stats` with METEOR's statistic inserted after BLEU-4 (the report's order), when it was scored."""
         if "coco" not in self.families or "coco/METEOR" in self.unavailable:
             return stats
-        keys = [(i, self._tok[caps[i]]) for i in self.image_ids]
+        keys = [(i, self.pipeline.tokens[caps[i]]) for i in self.image_ids]
         if not all(k in self.pipeline.stats for k in keys):
             return stats
         m = aggregable(np.array([self.pipeline.stats[k] for k in keys]).reshape(len(keys), N_STATS))

@@ -29,9 +29,9 @@ def adapter_record(cfg, device: str | None = None) -> dict:
     """The base model, the training prompt and the decoding of every system that uses the adapter."""
     from dataclasses import asdict
 
-    from captune.decoding import default_systems
+    from captune.decoding import grid_systems
 
-    systems = [s for s in cfg.eval.systems or default_systems(cfg.generate, True, cfg.train.prompt) if s.adapter]
+    systems = [s for s in grid_systems(cfg) if s.adapter]
     return {
         "base_model": cfg.model.name_or_path,
         "revision": cfg.model.revision,

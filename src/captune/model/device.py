@@ -73,11 +73,6 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def same_device(a: torch.device, b: torch.device) -> bool:
-    """One device, whatever the spelling (`cpu` is `cpu:0`; CUDA must be the same GPU)."""
-    return a.type == b.type and (a.type != "cuda" or a.index == b.index)
-
-
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
 
 

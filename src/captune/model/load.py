@@ -181,9 +181,13 @@ class BaseModels:
         self.loads = 0
 
     def get(self, cfg: ModelConfig, device: str | torch.device | None = None) -> LoadedModel:
+        """The base for `cfg` on `device` (default: `model.device` resolved), loaded only when it changes."""
         import dataclasses
         import json
 
+        from captune.model.device import resolve_device
+
+        device = resolve_device(cfg.device) if device is None else torch.device(device)
         key = json.dumps([dataclasses.asdict(cfg), str(device)], sort_keys=True, default=str)
         if key != self.key or self.loaded is None:
             self.key, self.loaded = None, None  # the previous base freed before the next one loads

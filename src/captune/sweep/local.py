@@ -19,32 +19,10 @@ from captune.errors import UserError
 from captune.io import atomic_write_json
 from captune.model.load import BaseModels
 from captune.overlap import CaptionWorker
+from captune.pipeline import train_stage
 from captune.sweep.spec import SweepSpec, Variant, baseline_config
 
 SCORES = "scores.json"
-
-
-def train_variant(cfg, progress: bool = False, dataset=None, bases: BaseModels | None = None) -> bool:
-    """Train one variant as `captune run` would: skip a finished one, resume an interrupted one.
-    `bases`: where to borrow the loaded base model from. Returns True when it trained."""
-    from captune.pipeline import training_finished
-    from captune.train.checkpoint import complete_checkpoints
-    from captune.train.loop import train
-
-    if training_finished(cfg.run_dir):
-        return False
-    resume = bool(complete_checkpoints(cfg.run_dir / "train" / "checkpoints"))
-    train(cfg, resume=resume, progress=progress, dataset=dataset,
-          loaded=_base(bases, cfg.model) if bases is not None else None)
-    return True
-
-
-def _base(bases: BaseModels, model_cfg):
-    """The lent base on this process's device (each process of a launch on its own GPU)."""
-    from captune.grid.shard import current_shard
-    from captune.model.device import resolve_device
-
-    return bases.get(model_cfg, resolve_device(model_cfg.device, current_shard().state))
 
 
 def train_local(spec: SweepSpec, progress: bool = True, dataset=None, say: Callable[[str], None] = print,
@@ -60,7 +38,7 @@ def train_local(spec: SweepSpec, progress: bool = True, dataset=None, say: Calla
             worker.submit(baseline_config(spec), adapter=False)
         for i, v in enumerate(spec.variants, 1):
             say(f"[{i}/{len(spec.variants)}] {v.name}")
-            if train_variant(v.cfg, progress=progress, dataset=dataset, bases=bases):
+            if train_stage(v.cfg, dataset, progress, bases):
                 trained.append(v.name)
             if worker is not None:
                 worker.submit(v.cfg)
@@ -85,7 +63,7 @@ def caption_all(spec: SweepSpec, progress: bool = True, dataset=None, bases: Bas
     """The base-model systems once (DIR/baselines), each variant's adapter systems in its run directory,
     all on one loaded base model (`bases`: the one training used; each grid takes its adapter off again).
     Finished systems are read back, as in any grid."""
-    from captune.grid.run import PRED_DIR, only_systems, run_grid, sample_files
+    from captune.grid.run import only_systems, run_grid
 
     grids = [(only_systems(baseline_config(spec), lambda s: not s.adapter), None, "baselines")]
     grids += [(only_systems(v.cfg, lambda s: s.adapter), v.run_dir / "adapter", f"variant/{v.name}")
@@ -94,10 +72,7 @@ def caption_all(spec: SweepSpec, progress: bool = True, dataset=None, bases: Bas
     timings: dict[str, float] = {}
     for cfg, adapter, label in grids:
         t = time.perf_counter()
-        missing = any(not (cfg.run_dir / PRED_DIR / f"{f}.json").is_file()
-                      for s in cfg.eval.systems or [] for f in sample_files(s))
-        run_grid(cfg, adapter_dir=adapter, progress=progress, dataset=dataset, score=False,
-                 loaded=_base(bases, cfg.model) if missing else None)
+        run_grid(cfg, adapter_dir=adapter, progress=progress, dataset=dataset, score=False, bases=bases)
         timings[label] = time.perf_counter() - t
     return timings
 
@@ -113,8 +88,8 @@ def score_all(spec: SweepSpec, dataset, progress: bool = False) -> dict[str, Any
     adapters = [s for s in systems if s.adapter]
     records = dataset.select(base.data.eval_split)
     first = read_predictions_any(base.run_dir / PRED_DIR / f"{baselines[0].name}.json") if baselines else None
-    ids = first if first is not None else [r.image_id for r in records]
-    refs = {r.image_id: list(r.refs) for r in records if r.image_id in set(ids)}
+    ids = set(first if first is not None else [r.image_id for r in records])
+    refs = {r.image_id: list(r.refs) for r in records if r.image_id in ids}
     image_ids = list(refs)
 
     def read(path: Path) -> dict[int, str]:
@@ -224,7 +199,9 @@ def run_sweep(spec: SweepSpec, backend: str = "local", progress: bool = True, da
         if launched_processes() > 1:
             raise UserError("--backend ray starts its own trials; run it in one process, not under torchrun / "
                             "accelerate launch (there, the local backend trains each variant data parallel)")
-        from captune.sweep.ray_backend import train_ray
+        from captune.sweep.ray_backend import require_ray, train_ray
+
+        require_ray()
     shard = current_shard()
     if not shard.main:
         say, progress = (lambda _: None), False
@@ -267,4 +244,4 @@ def run_sweep(spec: SweepSpec, backend: str = "local", progress: bool = True, da
     return report
 
 
-__all__ = ["Variant", "run_sweep", "score_all", "train_variant"]
+__all__ = ["Variant", "run_sweep", "score_all"]

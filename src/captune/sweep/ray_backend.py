@@ -1,7 +1,7 @@
 """`--backend ray`: each unfinished variant is one Ray Tune trial with its own CPU/GPU request.
 
 Ray schedules the trials, so a multi-GPU machine or a Ray cluster trains several variants at once; a
-trial runs the same `train_variant` as the local backend (skip when finished, resume from the newest
+trial runs the same `pipeline.train_stage` as the local backend (skip when finished, resume from the newest
 checkpoint), so the adapters are the same for the same seeds. Captioning, scoring and the report then
 run in this process, exactly as for `--backend local`.
 
@@ -39,12 +39,12 @@ def _trial(params: dict[str, Any], configs: dict[str, dict[str, Any]], cwd: str)
     import torch
 
     from captune.config import config_from_dict
-    from captune.sweep.local import train_variant
+    from captune.pipeline import train_stage
 
     if os.path.isdir(cwd):
         os.chdir(cwd)
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
-    trained = train_variant(config_from_dict(configs[params["variant"]]), progress=False)
+    trained = train_stage(config_from_dict(configs[params["variant"]]), progress=False)
     return {"trained": trained}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ class Variant:
 class SweepSpec:
     """The whole sweep: the config it starts from, the variants, and where everything goes."""
 
-    config: Path | None
     out: Path
     grid: list[tuple[str, list[Any]]]
     seeds: list[int]
@@ -58,12 +57,6 @@ class SweepSpec:
         own = {key: _lookup(data, key) for key, _ in self.grid}
         points = {tuple(v.point.items()) for v in self.variants}
         return own if tuple(own.items()) in points else None
-
-    def groups(self) -> dict[str, list[Variant]]:
-        out: dict[str, list[Variant]] = {}
-        for v in self.variants:
-            out.setdefault(v.group, []).append(v)
-        return out
 
 
 def _lookup(data: dict[str, Any], key: str) -> Any:
@@ -135,7 +128,7 @@ def expand(config: str | Path | None, grid_texts: list[str], seeds: list[int] | 
     keys = [k for k, _ in grid]
     points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*[v for _, v in grid])]
     names = variant_names(points, seeds)
-    spec = SweepSpec(Path(config) if config else None, out, grid, seeds, base)
+    spec = SweepSpec(out, grid, seeds, base)
     for point, row in zip(points, names, strict=True):
         for seed, name in zip(seeds, row, strict=True):
             sets = [f"{k}={_yaml(v)}" for k, v in point.items()]
@@ -158,8 +151,4 @@ def _yaml(value: Any) -> str:
 
 def baseline_config(spec: SweepSpec) -> RunConfig:
     """The config's own settings, with its run directory `out/baselines` (the base-model systems)."""
-    data = config_to_dict(spec.base)
-    data.update(name=BASELINES, output_dir=str(spec.out))
-    from captune.config import config_from_dict
-
-    return config_from_dict(data)
+    return replace(spec.base, name=BASELINES, output_dir=str(spec.out))

@@ -13,6 +13,7 @@ from typing import Any
 from captune.io import atomic_write_bytes, atomic_write_text
 from captune.metrics.results import value_with_ci
 from captune.metrics.stats import format_p
+from captune.report.tables import md_table
 
 METRICS = [("coco/BLEU-4", "BLEU-4"), ("coco/METEOR", "METEOR"), ("coco/ROUGE-L", "ROUGE-L"),
            ("coco/CIDEr", "CIDEr"), ("div/Duplicate Rate", "dup↓")]
@@ -81,9 +82,8 @@ def paired_lines(scores: dict[str, Any]) -> list[list[str]]:
     return [[a, b] + [cells.get(label, "–") for _, label in TESTED] for (a, b), cells in rows.items()]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    return md_table(header, [[str(c) for c in row] for row in rows])
 
 
 def _intro(scores: dict[str, Any]) -> str:
@@ -111,7 +111,7 @@ def sections(scores: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any
 def markdown(scores: dict[str, Any]) -> str:
     lines = ["# captune sweep", "", _intro(scores), ""]
     for title, header, rows in sections(scores):
-        lines += [f"## {title}", "", *_table(header, rows), ""]
+        lines += [f"## {title}", "", _table(header, rows), ""]
     return "\n".join([*lines, f"![trainable parameters vs CIDEr]({FIGURE})", ""])
 
 
@@ -178,8 +178,8 @@ def summary_text(scores: dict[str, Any]) -> str:
     """What the CLI prints: the ablation table and the paired tests."""
     labels = [label for _, label in METRICS]
     rows = ablation_rows(scores)
-    lines = _table(["variant", "system", "trainable", "train s", *labels],
-                   [[r["variant"], r["system"], r["params"], r["train_s"]] + [r[x] for x in labels] for r in rows])
-    lines += ["", "paired tests (Δ = row − compared):"]
-    lines += _table(["system", "vs"] + [f"Δ {label} (p)" for _, label in TESTED], paired_lines(scores))
-    return "\n".join(lines)
+    return "\n".join([
+        _table(["variant", "system", "trainable", "train s", *labels],
+               [[r["variant"], r["system"], r["params"], r["train_s"]] + [r[x] for x in labels] for r in rows]),
+        "", "paired tests (Δ = row − compared):",
+        _table(["system", "vs"] + [f"Δ {label} (p)" for _, label in TESTED], paired_lines(scores))])

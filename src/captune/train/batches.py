@@ -74,15 +74,11 @@ class CaptionCollator:
         # model ends a caption exactly where its zero-shot base does (decoding stops on both "\n" and </s>).
         self.end_id = caption_end_id(tokenizer, family)
         self._prompt_ids = self._encode(self.prompt) if self.prompt else []
-        self._context = prompt_ids(tokenizer, family, prompt)
+        self.context = self.image_ids + prompt_ids(tokenizer, family, prompt)  # what every row starts with
         self._caption_cache: dict[str, list[int]] = {}
 
     def _encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
-
-    def prompt_ids(self) -> list[int]:
-        """The inputs before the caption (without image tokens): what generation starts from."""
-        return self._context
 
     def caption_ids(self, caption: str) -> list[int]:
         """Target ids of a caption (tokenised once per distinct caption: each is seen every epoch)."""
@@ -114,14 +110,13 @@ class CaptionCollator:
         if self.family == "opt":
             rows, labels = [], []
             for caption in captions:
-                context = self.image_ids + self.prompt_ids()
                 target = self.caption_ids(caption)
-                rows.append(context + target)
-                labels.append([IGNORE] * len(context) + target)
+                rows.append(self.context + target)
+                labels.append([IGNORE] * len(self.context) + target)
             ids = _pad(rows, self.pad_id, self.padding_side)
             mask = _pad([[1] * len(r) for r in rows], 0, self.padding_side)
             return TextBatch(ids, mask, _pad(labels, IGNORE, self.padding_side))
-        enc_rows = [self.image_ids + self.prompt_ids() for _ in captions]
+        enc_rows = [self.context for _ in captions]
         targets = [self.caption_ids(c) for c in captions]
         ids = _pad(enc_rows, self.pad_id, self.padding_side)
         mask = _pad([[1] * len(r) for r in enc_rows], 0, self.padding_side)

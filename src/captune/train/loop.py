@@ -56,12 +56,12 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=None, loaded=None) -> TrainResult:
-    """Fine-tune LoRA adapters as `cfg` says; write the run directory; return a summary. `loaded`: a base model
-    (as `load_blip2(cfg.model)` gives it) lent instead of a fresh load, handed back without LoRA whatever happens."""
+def train(cfg: RunConfig, resume: bool = False, progress: bool = True, dataset=None, bases=None) -> TrainResult:
+    """Fine-tune LoRA adapters as `cfg` says; write the run directory; return a summary. `bases`: a
+    `model.load.BaseModels` that lends the base model instead of a fresh load (handed back without LoRA)."""
     recipe = LoRARecipe(cfg, progress)
     try:
-        recipe.setup(resume, dataset, loaded)
+        recipe.setup(resume, dataset, bases)
         recipe.fit()
         return recipe.finish()
     finally:
@@ -82,9 +82,9 @@ class LoRARecipe:
             "since_best": 0, "stopped_early": False}
         self.last_loss: float | None = None
         self.logger: Logger | None = None
-        self.lent = None  # a caller's loaded base model (see `train`), handed back by `give_back`
+        self.lent = False  # the base model is a caller's (see `train`), handed back by `give_back`
 
-    def setup(self, resume: bool = False, dataset=None, loaded=None) -> None:
+    def setup(self, resume: bool = False, dataset=None, bases=None) -> None:
         """Accelerator, data selection, model + LoRA, feature store, optimizer/scheduler, resume, log."""
         self._setup_accelerator(resume)
         dataset = dataset if dataset is not None else load_dataset_from_config(self.cfg.data)
@@ -92,7 +92,7 @@ class LoRARecipe:
         if not self.selection.train:
             raise UserError(f"{self.cfg.data.path}: split {self.cfg.data.train_split!r} has no images; "
                             "check data.train_split")
-        self._setup_model(loaded)
+        self._setup_model(bases)
         self._setup_images()
         self._setup_optimizer()
         if resume:
@@ -124,21 +124,19 @@ class LoRARecipe:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
 
-    def _setup_model(self, loaded=None) -> None:
+    def _setup_model(self, bases=None) -> None:
         from accelerate.utils import set_seed
 
-        from captune.model.device import model_device, same_device
+        from captune.model.device import model_device
         from captune.model.load import load_blip2
         from captune.model.lora import apply_lora, set_checkpointing
 
         cfg, tc = self.cfg, self.tc
         # No other thread builds a model meanwhile: captune.overlap loads the grid's model before training starts.
-        if loaded is not None and not same_device(model_device(loaded.model), self.device):
-            raise ValueError(f"lent base model on {model_device(loaded.model)}; this run trains on {self.device}")
-        self.loaded = loaded if loaded is not None else load_blip2(cfg.model, device=self.device)
+        self.loaded = bases.get(cfg.model, self.device) if bases is not None else load_blip2(cfg.model, self.device)
         check_precision(cfg, self.loaded.family)  # `family: auto` is known only now
         set_seed(tc.seed)  # after loading: a lent base and a fresh load start the same adapter
-        self.lent = loaded
+        self.lent = bases is not None
         model, self.placement = apply_lora(self.loaded.model, cfg.lora, self.loaded.family)
         self.peft_model = model  # the same object after `accelerator.prepare` unwraps it
         if tc.gradient_checkpointing:
@@ -182,7 +180,6 @@ class LoRARecipe:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(tc.schedule, tc.warmup_steps, self.total_steps))
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
-        self.peft_model = self.accelerator.unwrap_model(self.model)
         self.scaler = getattr(self.accelerator, "scaler", None)
 
     def fit(self) -> None:
@@ -373,9 +370,9 @@ class LoRARecipe:
         """A lent base model back as it came (a no-op for a model this run loaded itself)."""
         from captune.model.lora import take_off_lora
 
-        if self.lent is not None and hasattr(self, "peft_model"):
+        if self.lent and hasattr(self, "peft_model"):
             take_off_lora(self.peft_model, self.tc.gradient_checkpointing)
-        self.lent = None
+        self.lent = False
 
     def summary(self) -> dict[str, Any]:
         """What train/summary.json records: counts, timings, where it ran, what trained."""

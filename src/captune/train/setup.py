@@ -15,12 +15,12 @@ from captune.data import open_image
 from captune.errors import ConfigError, DataError, UserError
 from captune.io import atomic_write_text
 from captune.model.features import encode_images, image_file_key, store_for
+from captune.model.load import DTYPES
 from captune.progress import Bar
 from captune.train.checkpoint import complete_checkpoints
 from captune.train.distributed import fill_store
 
 MEMORY_CACHE_LIMIT = 2 * 1024**3  # `feature_cache: auto` keeps features in RAM below this, else on disk
-CACHE_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_precision(cfg: RunConfig, family: str) -> None:
@@ -115,7 +115,7 @@ class Logger:
 
 def feature_store(cfg: RunConfig, model, image_processor, num_images: int):
     """The vision-feature store: in RAM (`memory`, or `auto` below MEMORY_CACHE_LIMIT), else on disk."""
-    tc, dtype = cfg.train, CACHE_DTYPE[cfg.model.dtype]
+    tc, dtype = cfg.train, DTYPES[cfg.model.dtype]
     vision = model.get_base_model().config.vision_config
     tokens = (vision.image_size // vision.patch_size) ** 2 + 1
     estimate = num_images * tokens * vision.hidden_size * torch.finfo(dtype).bits // 8
@@ -140,11 +140,13 @@ def prepare_images(records, model, image_processor, store, cfg: RunConfig, accel
             problems[i] = str(exc)
     if store is not None:
         readable = [i for i in range(len(records)) if i not in problems]
-        missing = sum(1 for i in readable if keys[i] not in store)
+        missing = len({keys[i] for i in readable if keys[i] not in store})  # a file listed twice is encoded once
         if missing:
             accelerator.print(f"caching vision features for {missing} images ...")
         dev = accelerator.device
-        with Bar("vision features", missing, progress and accelerator.is_main_process) as bar:
+        # Process 0 encodes all of them, except with a shared disk store (then only its share: no bar).
+        bar_on = progress and accelerator.is_main_process and (accelerator.num_processes == 1 or not store.directory)
+        with Bar("vision features", missing, bar_on) as bar:
             errors = fill_store([records[i].path for i in readable], [keys[i] for i in readable], store,
                                 lambda pix: encode_images(model, pix.to(dev)), image_processor,
                                 cfg.generate.batch_size, accelerator.process_index, accelerator.num_processes,
